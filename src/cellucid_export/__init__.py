@@ -1,0 +1,38 @@
+"""Export gene expression from AnnData to the Cellucid web viewer.
+
+Importing this package registers the ``adata.cellucid`` namespace::
+
+    import cellucid_export
+    adata.cellucid.export("exports/pbmc", genes=adata.var.highly_variable)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import errors
+from .accessor import CellucidAccessor
+from .errors import CellucidExportError, CellucidExportWarning
+from .export import ExportResult, estimate_h5ad, export_h5ad
+from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, ExportPlan
+from .reader import Export, read_export
+
+try:
+    __version__ = version("cellucid-export")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MEMORY_BUDGET",
+    "CellucidAccessor",
+    "CellucidExportError",
+    "CellucidExportWarning",
+    "Export",
+    "ExportPlan",
+    "ExportResult",
+    "errors",
+    "estimate_h5ad",
+    "export_h5ad",
+    "read_export",
+]

@@ -1,0 +1,69 @@
+"""Exceptions and warnings raised by cellucid-export.
+
+Every error subclasses :class:`CellucidExportError` and a built-in type (``ValueError``,
+``KeyError``...) so ``except ValueError`` keeps working. Messages name the problem and the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CellucidExportError",
+    "CellucidExportWarning",
+    "DuplicateGeneError",
+    "ExportExistsError",
+    "ExportTooLargeError",
+    "GeneIdCollisionError",
+    "InvalidGeneIdError",
+    "InvalidParameterError",
+    "MatrixChoiceError",
+    "OrientationError",
+    "UnknownGeneError",
+]
+
+
+class CellucidExportError(Exception):
+    """Base class of all errors raised by cellucid-export."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; every error here is a sentence for a person.
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidParameterError(CellucidExportError, ValueError):
+    """An argument has a value the export does not accept."""
+
+
+class MatrixChoiceError(CellucidExportError, ValueError):
+    """The expression matrix to export could not be chosen (missing layer, nothing suitable)."""
+
+
+class OrientationError(CellucidExportError, ValueError):
+    """The matrix is not cells x genes."""
+
+
+class UnknownGeneError(CellucidExportError, KeyError):
+    """Requested genes do not exist."""
+
+
+class DuplicateGeneError(CellucidExportError, ValueError):
+    """Gene ids are not unique."""
+
+
+class InvalidGeneIdError(CellucidExportError, ValueError):
+    """Gene ids are empty, not strings, or carry surrounding whitespace."""
+
+
+class GeneIdCollisionError(CellucidExportError, ValueError):
+    """Gene ids that map to the same file name in the name layout."""
+
+
+class ExportTooLargeError(CellucidExportError, ValueError):
+    """The planned export is above ``max_bytes`` or the free disk space."""
+
+
+class ExportExistsError(CellucidExportError, FileExistsError):
+    """The target folder exists and ``overwrite=False``."""
+
+
+class CellucidExportWarning(UserWarning):
+    """Something the viewer may not show the way the user expects."""

@@ -1,0 +1,282 @@
+"""The export pipeline: resolve inputs -> read gene blocks -> quantize -> encode -> write -> publish."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._logging import logger
+from .codec import get_codec
+from .errors import CellucidExportWarning, InvalidParameterError
+from .inputs import check_h5ad_path, parts_from_h5ad
+from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, ExportPlan, check_plan, format_bytes, genes_per_block, parse_bytes
+from .quantize import quantize_block
+from .resolve import AnnDataParts, Selection, check_options, resolve, safe_name
+from .writer import StagingFolder, check_target, payload_suffix, prefetch, run_pool, write_json, write_payloads
+
+__all__ = ["ExportResult", "estimate_parts", "export_h5ad", "export_parts"]
+
+_EXT = {8: ("u8", "uint8"), 16: ("u16", "uint16"), None: ("f32", "float32")}
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote.
+
+    Attributes
+    ----------
+    path
+        The export folder.
+    n_genes
+        Genes exported.
+    n_files
+        Files written (gene files and manifests).
+    bytes_written
+        Bytes on disk, after compression.
+    source
+        The matrix that was read (``"X"``, ``"raw.X"``, ``"layers['log1p']"``).
+    source_reason
+        Why that matrix was chosen.
+    layout, var_quantization, compression
+        The format options used.
+    nonfinite_genes
+        Genes that held NaN or +/-Inf, with counts (written as the missing marker when quantized).
+    plan
+        The size plan made before writing.
+    seconds
+        Wall time.
+    """
+
+    path: Path
+    n_genes: int
+    n_files: int
+    bytes_written: int
+    source: str
+    source_reason: str
+    layout: str
+    var_quantization: int | None
+    compression: int | None
+    nonfinite_genes: dict[str, str] = field(default_factory=dict)
+    plan: ExportPlan | None = field(default=None, repr=False)
+    seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        lines = [
+            f"ExportResult: {self.n_genes:,} genes -> {self.path}",
+            f"  source: {self.source} ({self.source_reason})",
+            f"  {self.n_files:,} files, {format_bytes(self.bytes_written)} on disk, layout={self.layout!r}, "
+            f"var_quantization={self.var_quantization}, compression={self.compression}, {self.seconds:.1f} s",
+        ]
+        if self.nonfinite_genes:
+            lines.append(f"  genes with NaN/Inf: {', '.join(list(self.nonfinite_genes)[:10])}"
+                         + (" ..." if len(self.nonfinite_genes) > 10 else ""))
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle):  # IPython
+        p.text(repr(self))
+
+
+def _n_jobs(n_jobs: int | None) -> int:
+    if n_jobs is None or n_jobs == -1:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            return os.cpu_count() or 1
+    if not isinstance(n_jobs, int) or n_jobs < 1:
+        raise InvalidParameterError(f"n_jobs must be a positive integer, -1 or None (all cores), got {n_jobs!r}.")
+    return n_jobs
+
+
+def _plan(sel: Selection, var_quantization, compression) -> ExportPlan:
+    return ExportPlan(sel.n_cells, len(sel.gene_ids), var_quantization, compression, sel.source_name)
+
+
+def estimate_parts(
+    parts: AnnDataParts, *, layer=None, genes=None, gene_id_column=None, var_quantization=8, compression=6,
+    layout="name",
+) -> ExportPlan:
+    """Resolve the selection and return the size plan; writes nothing."""
+    check_options(var_quantization, compression, layout)
+    sel = resolve(parts, layer=layer, genes=genes, gene_id_column=gene_id_column, layout=layout)
+    return _plan(sel, var_quantization, compression)
+
+
+def var_manifest(sel: Selection, layout: str, var_quantization, compression, lo, hi) -> dict:
+    """``var_manifest.json`` as the format specifies (keys in this order)."""
+    ext, dtype = _EXT[var_quantization]
+    key = "{key}" if layout == "name" else "{index}"
+    schema = {
+        "kind": "continuous",
+        "pathPattern": f"var/{key}.values{payload_suffix(ext, compression)}",
+        "ext": ext,
+        "dtype": dtype,
+        "quantized": var_quantization is not None,
+    }
+    if var_quantization is not None:
+        schema["quantizationBits"] = var_quantization
+    fields = []
+    for i, gid in enumerate(sel.gene_ids):
+        entry = [gid] if layout == "name" else [i, gid]
+        if var_quantization is not None:
+            entry += [float(lo[i]), float(hi[i])]
+        fields.append(entry)
+    return {
+        "_format": "compact_v1",
+        "n_points": sel.n_cells,
+        "var_gene_id_column": sel.gene_id_column,
+        "compression": compression,
+        "quantization": var_quantization,
+        "_varSchema": schema,
+        "fields": fields,
+    }
+
+
+def write_genes(
+    folder: Path, sel: Selection, *, var_quantization, compression, layout, memory_budget: int, n_jobs: int,
+    progress: bool,
+) -> tuple[int, dict, dict[str, str]]:
+    """Write ``var/`` into ``folder``; returns (bytes written, manifest, genes with NaN/Inf)."""
+    var_dir = folder / "var"
+    var_dir.mkdir()
+    ext, _ = _EXT[var_quantization]
+    suffix = ".values" + payload_suffix(ext, compression)
+    names = [(safe_name(g) if layout == "name" else str(i)) + suffix for i, g in enumerate(sel.gene_ids)]
+    codec = get_codec(int(compression)) if compression else None
+    # Up to three blocks are alive at once: one being written, one queued, one being read.
+    per_block = genes_per_block(
+        sel.n_cells, sel.source.nnz_fraction(), sel.source.is_sparse, var_quantization, memory_budget // 3
+    )
+    n = len(sel.gene_ids)
+    lo = np.zeros(n, np.float32)
+    hi = np.zeros(n, np.float64)
+    nonfinite: dict[str, str] = {}
+    written = 0
+
+    def quantized_blocks():
+        for block in sel.source.blocks(sel.gene_idx, per_block):
+            yield quantize_block(block, var_quantization, constant_plus_one=layout == "name")
+
+    bar = tqdm(total=n, unit="gene", desc="cellucid-export", disable=not progress, leave=False)
+    start = 0
+    with run_pool(n_jobs) as pool, bar:
+        for qb in prefetch(quantized_blocks()):
+            b = qb.payload.shape[0]
+            written += write_payloads(var_dir, names[start : start + b], qb, codec, pool)
+            if qb.lo is not None:
+                lo[start : start + b], hi[start : start + b] = qb.lo, qb.hi
+            for j in np.flatnonzero((qb.n_nan > 0) | (qb.n_inf > 0)):
+                parts = [f"{qb.n_nan[j]} NaN"] * bool(qb.n_nan[j]) + [f"{qb.n_inf[j]} Inf"] * bool(qb.n_inf[j])
+                nonfinite[sel.gene_ids[start + j]] = ", ".join(parts) + f" of {sel.n_cells} cells"
+            start += b
+            bar.update(b)
+    manifest = var_manifest(sel, layout, var_quantization, compression, lo, hi)
+    written += write_json(folder / "var_manifest.json", manifest)
+    return written, manifest, nonfinite
+
+
+def _warn_nonfinite(nonfinite: dict[str, str], var_quantization, n_cells: int) -> None:
+    if not nonfinite:
+        return
+    shown = "; ".join(f"{g} ({what})" for g, what in list(nonfinite.items())[:10])
+    more = f" and {len(nonfinite) - 10} more" if len(nonfinite) > 10 else ""
+    if var_quantization is None:
+        bad = {g: w for g, w in nonfinite.items() if "Inf" in w or w.startswith(f"{n_cells} NaN")}
+        if bad:
+            warnings.warn(
+                f"{len(bad)} genes hold +/-Inf or only NaN, written as-is in float32; the viewer cannot colour "
+                f"cells by them: {'; '.join(f'{g} ({w})' for g, w in list(bad.items())[:10])}. Replace "
+                "them before export (e.g. np.nan_to_num) or use var_quantization=8, which marks them as missing.",
+                CellucidExportWarning,
+                stacklevel=4,
+            )
+        logger.info(f"{len(nonfinite)} genes hold NaN/Inf, written as-is (float32): {shown}{more}")
+    else:
+        logger.info(f"{len(nonfinite)} genes hold NaN/Inf, written as missing: {shown}{more}")
+
+
+def export_parts(
+    parts: AnnDataParts,
+    out_dir: os.PathLike | str,
+    *,
+    layer=None,
+    genes=None,
+    gene_id_column=None,
+    var_quantization=8,
+    compression=6,
+    layout="name",
+    max_bytes=DEFAULT_MAX_BYTES,
+    overwrite=False,
+    progress=True,
+    memory_budget=DEFAULT_MEMORY_BUDGET,
+    n_jobs=None,
+) -> ExportResult:
+    """Export gene expression from resolved AnnData parts (see :meth:`CellucidAccessor.export`)."""
+    t0 = time.perf_counter()
+    check_options(var_quantization, compression, layout)
+    max_bytes = parse_bytes(max_bytes, "max_bytes")
+    memory_budget = parse_bytes(memory_budget, "memory_budget")
+    if memory_budget is None:
+        raise InvalidParameterError("memory_budget cannot be None; pass a size such as '512MB'.")
+    jobs = _n_jobs(n_jobs)
+    target = Path(out_dir)
+    check_target(target.absolute(), overwrite)
+    sel = resolve(parts, layer=layer, genes=genes, gene_id_column=gene_id_column, layout=layout)
+    plan = _plan(sel, var_quantization, compression)
+    check_plan(plan, target, max_bytes)
+    logger.info(f"exporting {sel.source_name}: {sel.reason}.")
+    logger.info(
+        f"{len(sel.gene_ids):,} genes ({sel.notes[0]}) x {sel.n_cells:,} cells, "
+        f"{format_bytes(plan.payload_bytes)} before compression."
+    )
+    with StagingFolder(target, overwrite=overwrite) as stage:
+        written, _manifest, nonfinite = write_genes(
+            stage.path, sel, var_quantization=var_quantization, compression=compression, layout=layout,
+            memory_budget=memory_budget, n_jobs=jobs, progress=progress,
+        )
+        stage.publish()
+    _warn_nonfinite(nonfinite, var_quantization, sel.n_cells)
+    return ExportResult(
+        path=target, n_genes=len(sel.gene_ids), n_files=plan.n_files, bytes_written=written,
+        source=sel.source_name, source_reason=sel.reason, layout=layout, var_quantization=var_quantization,
+        compression=compression, nonfinite_genes=nonfinite, plan=plan, seconds=time.perf_counter() - t0,
+    )
+
+
+def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -> ExportResult:
+    """Export gene expression straight from an ``.h5ad`` file, reading only the chosen matrix.
+
+    The file is opened read-only; ``obs`` names and the ``var`` tables are read, and the matrix
+    (``X``, ``layers/<name>`` or ``raw/X``) is streamed in blocks, so memory stays within
+    ``memory_budget`` whatever the file size. Other layers are never loaded (anndata's backed
+    mode would load them all).
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file.
+    out_dir
+        The export folder to create.
+    **kwargs
+        The same keyword arguments as :meth:`CellucidAccessor.export`.
+
+    Returns
+    -------
+    :class:`ExportResult`
+    """
+    check_h5ad_path(path)
+    with h5py.File(path, "r") as f:
+        return export_parts(parts_from_h5ad(f), out_dir, **kwargs)
+
+
+def estimate_h5ad(path: os.PathLike | str, **kwargs) -> ExportPlan:
+    """Size plan for an export from an ``.h5ad`` file (see :func:`export_h5ad`); writes nothing."""
+    check_h5ad_path(path)
+    with h5py.File(path, "r") as f:
+        return estimate_parts(parts_from_h5ad(f), **kwargs)

@@ -1,0 +1,89 @@
+"""Adapters from an AnnData object, or an .h5ad file on disk, to :class:`~.resolve.AnnDataParts`.
+
+For a file, only the index of ``obs``, the ``var`` tables and the chosen matrix are read; the
+matrix itself is opened lazily. anndata's own backed mode would load every layer into memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from anndata.io import read_elem
+
+from .errors import InvalidParameterError
+from .resolve import AnnDataParts
+
+__all__ = ["parts_from_anndata", "parts_from_h5ad"]
+
+
+def _index_array(idx, n: int) -> np.ndarray:
+    return np.arange(n)[idx] if isinstance(idx, slice) else np.asarray(idx)
+
+
+def parts_from_anndata(adata: AnnData) -> AnnDataParts:
+    """Describe an in-memory, backed, or view AnnData without reading its matrices."""
+    raw = adata.raw
+    if adata.is_view and adata.isbacked:
+        # Reading adata.X of a backed view would load the whole subset; read the file instead.
+        ref = adata._adata_ref
+        oidx = adata._oidx
+        var_idx = _index_array(adata._vidx, ref.n_vars)
+        ref_raw = ref.raw
+        return AnnDataParts(
+            obs_names=adata.obs_names,
+            var=adata.var,
+            X=(lambda: ref.X) if ref.X is not None else None,
+            layers={k: (lambda k=k: ref.layers[k][:, var_idx]) for k in ref.layers},
+            raw_var=ref_raw.var if ref_raw is not None else None,
+            raw_X=(lambda: ref_raw.X) if ref_raw is not None else None,
+            obs_idx=oidx,
+            var_idx=var_idx,
+        )
+    return AnnDataParts(
+        obs_names=adata.obs_names,
+        var=adata.var,
+        X=(lambda: adata.X) if adata.X is not None else None,
+        layers={k: (lambda k=k: adata.layers[k]) for k in adata.layers},
+        raw_var=raw.var if raw is not None else None,
+        raw_X=(lambda: raw.X) if raw is not None else None,
+    )
+
+
+def _read_index(group: h5py.Group) -> pd.Index:
+    name = group.attrs.get("_index", "_index")
+    return pd.Index(read_elem(group[name]).astype(str) if name in group else [])
+
+
+def parts_from_h5ad(f: h5py.File) -> AnnDataParts:
+    """Describe an open .h5ad file; matrices stay on disk until an export reads them."""
+    if "obs" not in f or "var" not in f:
+        raise InvalidParameterError(
+            f"{f.filename} is not an .h5ad file written by anndata (it has no obs/var). "
+            "Open other formats with anndata or scanpy and use adata.cellucid.export()."
+        )
+    var = read_elem(f["var"])
+    raw_var = read_elem(f["raw/var"]) if "raw/var" in f else None
+    layers = f["layers"] if "layers" in f else {}
+    return AnnDataParts(
+        obs_names=_read_index(f["obs"]),
+        var=var,
+        X=(lambda: f["X"]) if "X" in f else None,
+        layers={k: (lambda k=k: f["layers"][k]) for k in layers},
+        raw_var=raw_var,
+        raw_X=(lambda: f["raw/X"]) if "raw/X" in f else None,
+    )
+
+
+def check_h5ad_path(path: os.PathLike) -> None:
+    """A clear error for a missing or non-HDF5 file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such file: {path}. Check the path to your .h5ad file.")
+    if not h5py.is_hdf5(path):
+        raise InvalidParameterError(
+            f"{path} is not an .h5ad (HDF5) file. For .zarr, .loom or .csv, read it with anndata or scanpy "
+            "and call adata.cellucid.export()."
+        )

@@ -1,0 +1,172 @@
+"""Size estimate, the size guard and block sizing.
+
+The exported size is ``n_cells * n_genes * bytes_per_value`` before compression, whatever the
+sparsity of the source: each gene file is a dense vector. The guard refuses, before anything is
+written, an export above ``max_bytes`` or larger than the free space at the target.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ExportTooLargeError, InvalidParameterError
+
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MEMORY_BUDGET", "ExportPlan", "check_plan", "parse_bytes"]
+
+#: Default ``max_bytes``: exports whose uncompressed gene payload exceeds this are refused.
+DEFAULT_MAX_BYTES = 8 * 10**9
+#: Default ``memory_budget``: working memory for gene blocks (read buffers, codes, payloads).
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+
+_ITEMSIZE = {8: 1, 16: 2, None: 4}
+_DTYPE = {8: "uint8", 16: "uint16", None: "float32"}
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value, name: str) -> int | None:
+    """Accept ``None``, a number of bytes, or a string such as ``"8GB"`` / ``"512MiB"``."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        if value is not None and value <= 0:
+            raise InvalidParameterError(f"{name} must be positive, got {value!r}.")
+        return value
+    if isinstance(value, float) and value > 0:
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).lower() in _UNITS:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise InvalidParameterError(
+        f"{name}={value!r} is not a size. Pass a number of bytes or a string like '8GB' or '512MiB'"
+        + (", or None to turn the check off." if name == "max_bytes" else ".")
+    )
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable decimal size (``1.2 GB``), as the user documentation writes sizes."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What an export will write, computed before writing anything.
+
+    Attributes
+    ----------
+    n_cells, n_genes
+        Cells and exported genes.
+    var_quantization
+        8, 16 or ``None`` (float32).
+    compression
+        Gzip level 1-9 or ``None``.
+    bytes_per_gene
+        Uncompressed bytes of one gene file (``n_cells * itemsize``).
+    payload_bytes
+        Uncompressed bytes of all gene files. Gzip typically shrinks quantized sparse data 4-10x.
+    n_files
+        Files the gene export writes (one per gene plus ``var_manifest.json``).
+    source
+        Which matrix is read, e.g. ``"raw.X"``.
+    """
+
+    n_cells: int
+    n_genes: int
+    var_quantization: int | None
+    compression: int | None
+    source: str = ""
+
+    @property
+    def dtype(self) -> str:
+        """Dtype of the gene files."""
+        return _DTYPE[self.var_quantization]
+
+    @property
+    def bytes_per_gene(self) -> int:
+        """Uncompressed bytes per gene file."""
+        return self.n_cells * _ITEMSIZE[self.var_quantization]
+
+    @property
+    def payload_bytes(self) -> int:
+        """Uncompressed bytes of all gene files."""
+        return self.bytes_per_gene * self.n_genes
+
+    @property
+    def n_files(self) -> int:
+        """Gene files plus the manifest."""
+        return self.n_genes + (1 if self.n_genes else 0)
+
+    def table(self) -> str:
+        """The size of this export next to the alternatives, as in the user documentation."""
+        rows = [f"{'dtype':<8} {'bytes/cell':>10} {'per gene':>11} {'all genes':>11}"]
+        for bits in (8, 16, None):
+            per = self.n_cells * _ITEMSIZE[bits]
+            mark = "  <- this export" if bits == self.var_quantization else ""
+            rows.append(
+                f"{_DTYPE[bits]:<8} {_ITEMSIZE[bits]:>10} {format_bytes(per):>11} "
+                f"{format_bytes(per * self.n_genes):>11}{mark}"
+            )
+        return "\n".join(rows)
+
+    def __repr__(self) -> str:
+        comp = f"gzip level {self.compression}" if self.compression else "no compression"
+        src = f" from {self.source}" if self.source else ""
+        return (
+            f"ExportPlan: {self.n_genes:,} genes x {self.n_cells:,} cells{src}, {self.dtype}, {comp}\n"
+            f"  {format_bytes(self.payload_bytes)} before compression, {self.n_files:,} files\n"
+            + "\n".join("  " + line for line in self.table().splitlines())
+        )
+
+    def _repr_pretty_(self, p, cycle):  # IPython
+        p.text(repr(self))
+
+
+def _free_bytes(target: Path) -> int:
+    probe = target
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def check_plan(plan: ExportPlan, target: os.PathLike, max_bytes: int | None) -> None:
+    """Refuse an export above ``max_bytes`` or larger than the free disk space, before writing.
+
+    The free-space check uses the uncompressed size: gzip usually writes much less, but its ratio
+    is only known after the fact, and running out of disk mid-export wastes the whole run.
+    """
+    levers = (
+        "To make it smaller: export fewer genes (genes=adata.var.highly_variable, a marker list or a "
+        "panel), use 8-bit quantization (var_quantization=8), keep gzip on (compression=6)"
+    )
+    if max_bytes is not None and plan.payload_bytes > max_bytes:
+        raise ExportTooLargeError(
+            f"This export would write {format_bytes(plan.payload_bytes)} of gene files before compression, "
+            f"above max_bytes={format_bytes(max_bytes)}.\n{plan!r}\n{levers}, or pass max_bytes=None "
+            "(or a larger value) if you really want all of it."
+        )
+    free = _free_bytes(Path(target).absolute().parent)
+    if plan.payload_bytes > free:
+        raise ExportTooLargeError(
+            f"This export needs up to {format_bytes(plan.payload_bytes)} but only {format_bytes(free)} is "
+            f"free on the disk of {Path(target).absolute().parent}.\n{plan!r}\n{levers}, or write to a "
+            "disk with more space."
+        )
+
+
+def genes_per_block(n_cells: int, nnz_fraction: float, sparse: bool, bits: int | None, budget: int) -> int:
+    """How many genes one block may hold within ``budget`` bytes of working memory.
+
+    Per gene, a sparse block holds about 40 bytes per stored value (values, rows and columns while
+    reading, the CSC copy and float64 temporaries while quantizing) plus the dense payload; a dense
+    block holds the float32 values, float64 temporaries and the payload.
+    """
+    out = n_cells * _ITEMSIZE[bits]
+    per_gene = n_cells * nnz_fraction * 40 + out if sparse else n_cells * 22 + out
+    return int(max(1, budget // max(1.0, per_gene)))

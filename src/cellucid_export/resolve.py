@@ -1,0 +1,433 @@
+"""Resolve the user's inputs: which matrix, which genes, which ids. All input validation lives here.
+
+Everything is checked before a single file is written: a bad argument costs the user a message,
+never a half-written export.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import (
+    DuplicateGeneError,
+    GeneIdCollisionError,
+    InvalidGeneIdError,
+    InvalidParameterError,
+    MatrixChoiceError,
+    OrientationError,
+    UnknownGeneError,
+)
+from .sources import GeneBlockSource, open_source
+
+__all__ = ["AnnDataParts", "Selection", "check_options", "resolve", "safe_name"]
+
+#: Layer names that by convention hold log-normalised expression, in order of preference.
+LOG_LAYER_NAMES = (
+    "log1p", "lognorm", "log_norm", "lognormalized", "log_normalized", "logcounts", "log1p_norm",
+    "log_normalised", "lognormalised", "normalized", "normalised", "norm", "data",
+)
+#: Cells read to guess what a matrix holds.
+SAMPLE_CELLS = 500
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_BARCODE = re.compile(r"[ACGTN]{8,}")
+
+
+def _show(items: Sequence, n: int = 10) -> str:
+    items = list(items)
+    shown = ", ".join(repr(str(x)) for x in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+# --------------------------------------------------------------------------------------- options
+
+
+def check_options(var_quantization, compression, layout) -> None:
+    """Validate the format options (raises :class:`InvalidParameterError`)."""
+    if var_quantization not in (8, 16, None) or isinstance(var_quantization, bool):
+        raise InvalidParameterError(
+            f"var_quantization must be 8, 16 or None (float32), got {var_quantization!r}. "
+            "8-bit is the smallest and what the viewer needs for colouring; 16-bit keeps more precision."
+        )
+    if compression is not None and (
+        isinstance(compression, bool) or not isinstance(compression, int | np.integer) or not 1 <= compression <= 9
+    ):
+        raise InvalidParameterError(
+            f"compression must be None (no gzip) or a gzip level from 1 (fastest) to 9 (smallest), "
+            f"got {compression!r}. The default, 6, is a good balance."
+        )
+    if layout not in ("name", "index"):
+        raise InvalidParameterError(
+            f"layout must be 'name' (files named by gene, var/CD79A.values.u8.gz) or 'index' (files "
+            f"numbered, what current Cellucid viewer releases read), got {layout!r}."
+        )
+
+
+# ----------------------------------------------------------------------------------- containers
+
+
+@dataclass
+class AnnDataParts:
+    """What the resolver needs from an AnnData, or from an .h5ad file opened without loading it.
+
+    Matrices are given as zero-argument callables so that only the chosen one is ever opened.
+    """
+
+    obs_names: pd.Index
+    var: pd.DataFrame
+    X: Callable[[], object] | None
+    layers: Mapping[str, Callable[[], object]]
+    raw_var: pd.DataFrame | None = None
+    raw_X: Callable[[], object] | None = None
+    #: Cell subset applied when opening a matrix (backed views); None for all cells.
+    obs_idx: object = None
+    #: Maps var positions to matrix columns for X and layers (backed views); None for identity.
+    var_idx: np.ndarray | None = None
+
+    @property
+    def n_obs(self) -> int:
+        """Number of cells."""
+        return len(self.obs_names)
+
+
+@dataclass
+class Selection:
+    """The resolved export: the reader, the genes (in export order) and their ids."""
+
+    source: GeneBlockSource
+    source_name: str
+    reason: str
+    gene_idx: np.ndarray
+    gene_ids: list[str]
+    gene_id_column: str | None
+    n_cells: int
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------- matrix choice
+
+
+def _describe(sample: np.ndarray) -> tuple[str, str]:
+    """Classify a sample of a matrix: (kind, sentence). Kind is 'log', 'scaled', 'counts', 'linear' or 'empty'."""
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0 or not finite.any():
+        return "empty", "holds only zeros or missing values in the cells sampled"
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo < 0:
+        return "scaled", f"has negative values (min {lo:.3g}): it looks scaled or centred, e.g. by sc.pp.scale"
+    if np.array_equal(finite, np.round(finite)):
+        return "counts", f"holds only whole numbers (max {hi:.0f}): it looks like raw counts"
+    if hi > 50:
+        return "linear", f"is normalised but not log-transformed (max {hi:.3g}); sc.pp.log1p would fix that"
+    return "log", f"looks log-normalised (non-negative, non-integer, max {hi:.3g})"
+
+
+@dataclass
+class _Candidate:
+    name: str
+    open: Callable[[], GeneBlockSource]
+    var: pd.DataFrame
+    is_raw: bool
+
+
+def _candidates(parts: AnnDataParts) -> dict[str, _Candidate]:
+    out: dict[str, _Candidate] = {}
+
+    def opener(get):
+        return lambda: open_source(get(), parts.obs_idx)
+
+    if parts.X is not None:
+        out["X"] = _Candidate("X", opener(parts.X), parts.var, False)
+    if parts.raw_X is not None:
+        out["raw"] = _Candidate("raw.X", opener(parts.raw_X), parts.raw_var, True)
+    for name, get in parts.layers.items():
+        out[f"layers/{name}"] = _Candidate(f"layers[{name!r}]", opener(get), parts.var, False)
+    return out
+
+
+def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, GeneBlockSource, str]:
+    cands = _candidates(parts)
+    if layer is not None:
+        if not isinstance(layer, str):
+            raise InvalidParameterError(f"layer must be a string such as 'log1p', 'X' or 'raw', got {layer!r}.")
+        key = "X" if layer == "X" else "raw" if layer == "raw" else f"layers/{layer}"
+        if key not in cands:
+            have = ["'X'"] * ("X" in cands) + ["'raw'"] * ("raw" in cands) + [repr(n) for n in parts.layers]
+            raise MatrixChoiceError(
+                f"There is no {'adata.raw' if key == 'raw' else 'adata.X' if key == 'X' else f'layer {layer!r}'} "
+                f"to export. Available: {', '.join(have) or 'nothing'}. Pass one of them as layer=."
+            )
+        c = cands[key]
+        return c, c.open(), f"{c.name} was requested (layer={layer!r})"
+
+    opened: dict[str, GeneBlockSource] = {}
+    looks: dict[str, tuple[str, str]] = {}
+
+    def judge(key: str) -> str:
+        if key not in looks:
+            try:
+                opened[key] = cands[key].open()
+                looks[key] = _describe(opened[key].sample_rows(SAMPLE_CELLS))
+            except (TypeError, ValueError, OSError, KeyError) as e:
+                looks[key] = ("unreadable", f"cannot be read ({e})")
+        return looks[key][0]
+
+    def chosen(key: str, why: str):
+        return cands[key], opened[key], why
+
+    if "X" in cands and judge("X") == "log":
+        return chosen("X", f"X {looks['X'][1]}")
+    if "X" in cands and "raw" in cands and looks["X"][0] == "scaled" and judge("raw") == "log":
+        return chosen("raw", f"X {looks['X'][1]}, while raw.X {looks['raw'][1]}")
+    layer_keys = {k.split("/", 1)[1].lower(): k for k in cands if k.startswith("layers/")}
+    for conventional in LOG_LAYER_NAMES:
+        key = layer_keys.get(conventional)
+        if key and judge(key) == "log":
+            x_note = f"X {looks['X'][1]}; " if "X" in looks else ""
+            return chosen(key, f"{x_note}{cands[key].name} {looks[key][1]}")
+    if "raw" in cands and judge("raw") == "log":
+        return chosen("raw", f"X {looks.get('X', ('', 'is missing'))[1]}, while raw.X {looks['raw'][1]}")
+
+    for key in cands:
+        judge(key)
+    problems = "\n".join(f"  - {cands[k].name} {looks[k][1]}" for k in cands) or "  - the AnnData has no matrix"
+    raise MatrixChoiceError(
+        "Could not choose a log-normalised expression matrix to export automatically:\n"
+        f"{problems}\nPass layer= to choose one explicitly (e.g. layer='counts' to export counts anyway), or "
+        "normalise first: sc.pp.normalize_total(adata); sc.pp.log1p(adata)."
+    )
+
+
+# ----------------------------------------------------------------------------------- orientation
+
+
+def _looks_like_barcodes(names: pd.Index) -> float:
+    sample = [str(x) for x in names[:200]]
+    return sum(bool(_BARCODE.search(s)) for s in sample) / max(1, len(sample))
+
+
+def _check_orientation(parts: AnnDataParts, cand: _Candidate, source: GeneBlockSource) -> None:
+    n_obs, n_var = parts.n_obs, len(cand.var)
+    n_rows, n_cols = source.shape
+    if (n_rows, n_cols) != (n_obs, n_var):
+        flipped = (n_rows, n_cols) == (n_var, n_obs)
+        raise OrientationError(
+            f"var has {n_var} rows but gene_expression has {n_cols} genes: {cand.name} is {n_rows} x {n_cols}, "
+            f"but the export needs cells x genes = {n_obs} x {n_var}."
+            + (" It looks transposed (genes x cells): store it transposed, cells as rows." if flipped else "")
+        )
+    if _looks_like_barcodes(cand.var.index) > 0.5 and _looks_like_barcodes(parts.obs_names) < 0.1:
+        raise OrientationError(
+            "This AnnData looks transposed: its var names look like cell barcodes "
+            f"({_show(cand.var.index, 3)}) while its obs names look like genes ({_show(parts.obs_names, 3)}). "
+            "AnnData keeps cells as rows (obs) and genes as columns (var); export adata.T instead."
+        )
+
+
+# ----------------------------------------------------------------------------------------- genes
+
+
+def _bool_mask(values, n: int, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype != bool:
+        if arr.dtype == object and pd.isna(arr).any():
+            raise InvalidParameterError(f"{what} has missing values; fill them (e.g. .fillna(False)) first.")
+        raise InvalidParameterError(f"{what} must be boolean, got values of type {arr.dtype}.")
+    if arr.shape != (n,):
+        raise InvalidParameterError(f"{what} has {arr.size} entries but there are {n} genes.")
+    return arr
+
+
+def _select(
+    genes, cand: _Candidate, base_var: pd.DataFrame, id_lookup: pd.Index
+) -> tuple[np.ndarray, str]:
+    """Positions (in the candidate's var) of the requested genes, in export order, and a description."""
+    var_names = cand.var.index
+    n = len(var_names)
+
+    def realign(mask: np.ndarray, names: pd.Index, what: str) -> np.ndarray:
+        """A mask over ``names`` (usually adata.var) applied to the candidate's genes by name."""
+        if len(names) == n and names.equals(var_names):
+            return np.flatnonzero(mask)
+        wanted = names[mask]
+        pos = var_names.get_indexer(wanted)
+        missing = wanted[pos < 0]
+        if len(missing):
+            raise UnknownGeneError(
+                f"{what} selects {len(missing)} genes that {cand.name} does not have: {_show(missing)}."
+            )
+        return np.sort(pos)
+
+    if genes is None:
+        return np.arange(n), "all genes"
+    if isinstance(genes, str):
+        if genes in base_var.columns:
+            col = base_var[genes]
+            return realign(_bool_mask(col.to_numpy(), len(base_var), f"var[{genes!r}]"), base_var.index,
+                           f"var[{genes!r}]"), f"genes where var[{genes!r}] is True"
+        if cand.is_raw and genes in cand.var.columns:
+            return np.flatnonzero(_bool_mask(cand.var[genes].to_numpy(), n, f"raw.var[{genes!r}]")), (
+                f"genes where raw.var[{genes!r}] is True"
+            )
+        raise InvalidParameterError(
+            f"genes={genes!r} is not a column of var (columns: {_show(base_var.columns)}). Pass the name of a "
+            f"boolean var column, a boolean mask, or a list of gene ids (e.g. genes=[{genes!r}])."
+        )
+    if isinstance(genes, pd.Series) and genes.dtype == bool:
+        if genes.index.has_duplicates:
+            raise DuplicateGeneError(f"The genes mask has duplicate index entries: {_show(genes.index[genes.index.duplicated()])}.")
+        ref = base_var.index if genes.index.isin(base_var.index).all() else var_names
+        if not genes.index.isin(ref).all():
+            raise UnknownGeneError(
+                f"The genes mask is indexed by names that are not genes here: {_show(genes.index[~genes.index.isin(ref)])}."
+            )
+        aligned = genes.reindex(ref, fill_value=False).to_numpy()
+        return realign(aligned, ref, f"the genes mask {genes.name or ''}".strip()), (
+            f"genes where {genes.name or 'the mask'} is True"
+        )
+    arr = np.asarray(list(genes) if not hasattr(genes, "__array__") else genes)
+    if arr.dtype == bool:
+        if arr.shape == (len(base_var),):
+            return realign(arr, base_var.index, "The genes mask"), "genes selected by the mask"
+        if arr.shape == (n,):
+            return np.flatnonzero(arr), "genes selected by the mask"
+        raise InvalidParameterError(
+            f"The genes mask has {arr.size} entries but var has {len(base_var)} genes"
+            + (f" and {cand.name} has {n}." if n != len(base_var) else ".")
+        )
+    if arr.ndim != 1:
+        raise InvalidParameterError("genes must be None, a boolean mask, a var column name or a list of gene ids.")
+    ids = pd.Index([str(g) for g in arr])
+    dup = ids[ids.duplicated()].unique()
+    if len(dup):
+        raise DuplicateGeneError(f"These genes are listed more than once in genes=: {_show(dup)}. List each gene once.")
+    pos = var_names.get_indexer(ids)
+    # Also accept ids from gene_id_column (e.g. symbols while var_names are Ensembl ids).
+    by_alias = id_lookup.get_indexer(ids) if id_lookup.is_unique else np.full(len(ids), -1)
+    pos = np.where(pos >= 0, pos, by_alias)
+    missing = ids[pos < 0]
+    if len(missing):
+        raise UnknownGeneError(
+            f"{len(missing)} of the requested genes are not in {cand.name}: {_show(missing)}. "
+            "Check the spelling and whether var_names hold symbols or Ensembl ids (see gene_id_column=)."
+        )
+    return pos.astype(np.int64), f"{len(ids)} listed genes"
+
+
+def _gene_ids(cand: _Candidate, base_var: pd.DataFrame, gene_id_column: str | None) -> pd.Index:
+    """The id of every gene of the candidate matrix (var_names, or a var column)."""
+    if gene_id_column is None:
+        return pd.Index(cand.var.index)
+    if not isinstance(gene_id_column, str):
+        raise InvalidParameterError(f"gene_id_column must be the name of a var column, got {gene_id_column!r}.")
+    if gene_id_column in cand.var.columns:
+        return pd.Index(cand.var[gene_id_column].to_numpy())
+    if gene_id_column in base_var.columns:
+        col = base_var[gene_id_column]
+        pos = base_var.index.get_indexer(cand.var.index)
+        vals = np.where(pos >= 0, col.to_numpy(dtype=object)[np.maximum(pos, 0)], None)
+        return pd.Index(vals, dtype=object)
+    raise InvalidParameterError(
+        f"gene_id_column={gene_id_column!r} is not a var column. Columns: {_show(base_var.columns)}."
+    )
+
+
+def _check_ids(ids: Sequence, column: str | None) -> list[str]:
+    where = f"var[{column!r}]" if column else "var_names"
+    bad_type = [x for x in ids if not isinstance(x, str)]
+    if bad_type:
+        raise InvalidGeneIdError(
+            f"Gene ids in {where} must be text; {len(bad_type)} are not (e.g. {_show(bad_type, 3)}). "
+            + ("Those genes have no value in that column; choose another gene_id_column or fill it."
+               if any(pd.isna(x) for x in bad_type) else "Convert them to strings first.")
+        )
+    empty = [x for x in ids if not x.strip()]
+    if empty:
+        raise InvalidGeneIdError(f"{len(empty)} gene ids in {where} are empty. Give every exported gene a name.")
+    padded = [x for x in ids if x != x.strip()]
+    if padded:
+        raise InvalidGeneIdError(
+            f"Gene ids in {where} have leading or trailing spaces: {_show(padded)}. Strip them, e.g. "
+            "adata.var_names = adata.var_names.str.strip()."
+        )
+    idx = pd.Index(ids)
+    dup = idx[idx.duplicated()].unique()
+    if len(dup):
+        raise DuplicateGeneError(
+            f"Gene ids in {where} are not unique: {_show(dup)} appear more than once. Make them unique "
+            "(adata.var_names_make_unique()) or choose another gene_id_column."
+        )
+    return list(ids)
+
+
+def safe_name(gene_id: str) -> str:
+    """The file-name form of a gene id in the name layout (the viewer applies the same function)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", gene_id).strip("._")
+
+
+def check_name_layout(ids: Sequence[str]) -> None:
+    """Refuse ids whose file names would collide, be empty, or be reserved on Windows."""
+    problems: list[str] = []
+    by_safe: dict[str, list[str]] = {}
+    for gid in ids:
+        by_safe.setdefault(safe_name(gid).lower(), []).append(gid)
+    for group in by_safe.values():
+        if len(group) > 1:
+            problems.append(f"{_show(group)} all become var/{safe_name(group[0])}.values.*")
+    empty = [g for g in ids if not safe_name(g)]
+    if empty:
+        problems.append(f"{_show(empty)} have no usable character for a file name")
+    device = [g for g in ids if safe_name(g).split(".")[0].upper() in _WINDOWS_DEVICES]
+    if device:
+        problems.append(f"{_show(device)} are reserved file names on Windows")
+    if problems:
+        raise GeneIdCollisionError(
+            "Some gene ids cannot be used as file names in layout='name' (files named after genes; "
+            "upper/lower case counts as the same name on macOS and Windows):\n  - "
+            + "\n  - ".join(problems)
+            + "\nRename those genes, or pass layout='index' (files numbered 0..N-1, ids kept as they are)."
+        )
+
+
+# ----------------------------------------------------------------------------------------- entry
+
+
+def resolve(parts: AnnDataParts, *, layer=None, genes=None, gene_id_column=None, layout="name") -> Selection:
+    """Choose the matrix and genes and validate everything, without writing anything."""
+    cand, source, reason = _pick_matrix(parts, layer)
+    if not cand.is_raw and parts.var_idx is not None:
+        source = _ColumnSubset(source, parts.var_idx)
+    _check_orientation(parts, cand, source)
+    all_ids = _gene_ids(cand, parts.var, gene_id_column)
+    pos, what = _select(genes, cand, parts.var, all_ids)
+    if len(pos) == 0:
+        raise InvalidParameterError(f"No genes selected ({what}). Select at least one gene to export.")
+    ids = _check_ids(list(all_ids[pos]), gene_id_column)
+    if layout == "name":
+        check_name_layout(ids)
+    return Selection(source, cand.name, reason, pos, ids, gene_id_column, parts.n_obs, [what])
+
+
+class _ColumnSubset(GeneBlockSource):
+    """The columns of a backed AnnData view: positions in the view map to columns of the file."""
+
+    def __init__(self, inner: GeneBlockSource, var_idx: np.ndarray):
+        self.inner, self.var_idx = inner, np.asarray(var_idx)
+        super().__init__((inner.shape[0], len(self.var_idx)), inner.kind, None)
+
+    @property
+    def is_sparse(self):
+        return self.inner.is_sparse
+
+    def nnz_fraction(self):
+        return self.inner.nnz_fraction()
+
+    def sample_rows(self, n_rows):
+        return self.inner.sample_rows(n_rows)[:, self.var_idx]
+
+    def blocks(self, gene_idx, genes_per_block):
+        return self.inner.blocks(self.var_idx[np.asarray(gene_idx)], genes_per_block)

@@ -1,0 +1,384 @@
+"""Gene-block readers: turn any supported matrix into blocks of selected genes.
+
+Every reader yields, for consecutive runs of the requested genes (in export order), a block of
+shape ``(n_cells, n_block_genes)``: a dense ``float32`` array for dense sources, a
+``float32`` CSC matrix for sparse ones. Quantization can then work on the stored values of a
+sparse block only.
+
+Readers never loop ``X[:, j]`` over an on-disk matrix: a CSR file is streamed in row chunks once
+per block, a CSC file is sliced through its ``indptr``, and a dense dataset is read in row slabs.
+Memory is bounded by the block size (chosen by :mod:`cellucid_export.plan`) plus one read chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["GeneBlockSource", "open_source"]
+
+#: Stored values read from disk per chunk when streaming a CSR file (about 100 MB of I/O buffers).
+READ_CHUNK_NNZ = 8_000_000
+#: Bytes of a dense on-disk row slab.
+READ_CHUNK_BYTES = 64 * 2**20
+
+Block = np.ndarray | sp.csc_matrix
+
+
+def _as_index(idx, n: int) -> np.ndarray | None:
+    """Normalise an obs subset (slice, mask or integers) to sorted integers, or None for all."""
+    if idx is None:
+        return None
+    if isinstance(idx, slice):
+        if idx == slice(None):
+            return None
+        return np.arange(n)[idx]
+    idx = np.asarray(idx)
+    if idx.dtype == bool:
+        return np.flatnonzero(idx)
+    return idx.astype(np.int64)
+
+
+@dataclass
+class GeneBlockSource:
+    """Base class of the gene-block readers.
+
+    Attributes
+    ----------
+    shape
+        ``(n_cells, n_genes)`` of the source matrix after any cell subset.
+    kind
+        A short description for messages, e.g. ``"on-disk CSR"``.
+    """
+
+    shape: tuple[int, int]
+    kind: str
+    obs_idx: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def is_sparse(self) -> bool:
+        """Whether blocks come as sparse matrices (quantized from their stored values only)."""
+        return False
+
+    def nnz_fraction(self) -> float:
+        """Fraction of stored entries (1.0 for dense sources); used to size blocks."""
+        return 1.0
+
+    def sample_rows(self, n_rows: int) -> np.ndarray:
+        """A dense float32 sample of up to ``n_rows`` cells and all genes, read cheaply."""
+        raise NotImplementedError
+
+    def blocks(self, gene_idx: np.ndarray, genes_per_block: int) -> Iterator[Block]:
+        """Yield blocks of the genes ``gene_idx`` (in that order), ``genes_per_block`` at a time."""
+        gene_idx = np.asarray(gene_idx, dtype=np.int64)
+        for start in range(0, len(gene_idx), max(1, genes_per_block)):
+            yield self._read_genes(gene_idx[start : start + genes_per_block])
+
+    def _read_genes(self, idx: np.ndarray) -> Block:
+        raise NotImplementedError
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
+
+
+def _csc_f32(m) -> sp.csc_matrix:
+    m = sp.csc_matrix(m)
+    if m.dtype != np.float32:
+        m = m.astype(np.float32)
+    return m
+
+
+class InMemoryDense(GeneBlockSource):
+    """A numpy array (or anything ``np.asarray`` accepts) held in memory."""
+
+    def __init__(self, x, obs_idx=None):
+        self.x = x
+        obs_idx = _as_index(obs_idx, x.shape[0])
+        n = x.shape[0] if obs_idx is None else len(obs_idx)
+        super().__init__((n, x.shape[1]), "in-memory dense array", obs_idx)
+
+    def sample_rows(self, n_rows):
+        rows = np.arange(min(n_rows, self.shape[0]))
+        if self.obs_idx is not None:
+            rows = self.obs_idx[rows]
+        return _f32(self.x[rows])
+
+    def _read_genes(self, idx):
+        block = self.x[:, idx]
+        if self.obs_idx is not None:
+            block = block[self.obs_idx]
+        return np.ascontiguousarray(_f32(block))
+
+
+class InMemorySparse(GeneBlockSource):
+    """A scipy sparse matrix or array held in memory (COO is converted to CSC once)."""
+
+    def __init__(self, x, obs_idx=None):
+        if x.format not in ("csr", "csc"):
+            x = sp.csc_matrix(x)
+        obs_idx = _as_index(obs_idx, x.shape[0])
+        if obs_idx is not None:
+            x = x[obs_idx]
+        self.x = x
+        super().__init__(x.shape, f"in-memory sparse {x.format.upper()}", None)
+
+    @property
+    def is_sparse(self):
+        return True
+
+    def nnz_fraction(self):
+        return self.x.nnz / max(1, self.shape[0] * self.shape[1])
+
+    def sample_rows(self, n_rows):
+        return _f32(self.x[: min(n_rows, self.shape[0])].toarray())
+
+    def _read_genes(self, idx):
+        return _csc_f32(self.x[:, idx])
+
+
+class DaskArray(GeneBlockSource):
+    """A dask array (dense or sparse chunks); each block is computed on its own."""
+
+    def __init__(self, x, obs_idx=None):
+        obs_idx = _as_index(obs_idx, x.shape[0])
+        if obs_idx is not None:
+            x = x[obs_idx]
+        self.x = x
+        super().__init__(tuple(int(s) for s in x.shape), "dask array", None)
+
+    @property
+    def is_sparse(self):
+        return sp.issparse(getattr(self.x, "_meta", None))
+
+    def nnz_fraction(self):
+        return 0.1 if self.is_sparse else 1.0
+
+    def sample_rows(self, n_rows):
+        s = self.x[: min(n_rows, self.shape[0])].compute()
+        return _f32(s.toarray() if sp.issparse(s) else s)
+
+    def _read_genes(self, idx):
+        # dask wants increasing column indices for efficient slicing; restore the order after.
+        order = np.argsort(idx, kind="stable")
+        b = self.x[:, idx[order]].compute()
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        if sp.issparse(b):
+            return _csc_f32(_csc_f32(b)[:, inv])
+        return np.ascontiguousarray(_f32(b)[:, inv])
+
+
+def _row_lut(obs_idx: np.ndarray | None, n_rows: int) -> np.ndarray | None:
+    """Map file rows to output rows (-1 for cells outside the subset)."""
+    if obs_idx is None:
+        return None
+    lut = np.full(n_rows, -1, dtype=np.int64)
+    lut[obs_idx] = np.arange(len(obs_idx))
+    return lut
+
+
+class OnDiskCSR(GeneBlockSource):
+    """A CSR matrix in an HDF5 group (``data``, ``indices``, ``indptr``), streamed in row chunks.
+
+    Each block needs one sequential pass over the stored values; blocks are sized so that a typical
+    export fits in one block, hence one pass.
+    """
+
+    def __init__(self, group: h5py.Group, shape, obs_idx=None):
+        self.group = group
+        self.indptr = group["indptr"][...].astype(np.int64)
+        obs_idx = _as_index(obs_idx, shape[0])
+        self.row_lut = _row_lut(obs_idx, shape[0])
+        n = shape[0] if obs_idx is None else len(obs_idx)
+        super().__init__((n, shape[1]), "on-disk CSR", obs_idx)
+        self._file_rows = shape[0]
+
+    @property
+    def is_sparse(self):
+        return True
+
+    def nnz_fraction(self):
+        return float(self.indptr[-1]) / max(1, self._file_rows * self.shape[1])
+
+    def sample_rows(self, n_rows):
+        rows = np.arange(min(n_rows, self.shape[0]))
+        if self.obs_idx is not None:
+            rows = self.obs_idx[rows]
+        if len(rows) == 0:
+            return np.zeros((0, self.shape[1]), np.float32)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        a, b = self.indptr[lo], self.indptr[hi]
+        m = sp.csr_matrix(
+            (self.group["data"][a:b], self.group["indices"][a:b], self.indptr[lo : hi + 1] - a),
+            shape=(hi - lo, self.shape[1]),
+        )
+        return _f32(m[rows - lo].toarray())
+
+    def _chunks(self) -> Iterator[tuple[int, int]]:
+        """Row ranges holding about READ_CHUNK_NNZ stored values each."""
+        nnz = int(self.indptr[-1])
+        targets = np.arange(READ_CHUNK_NNZ, nnz, READ_CHUNK_NNZ)
+        bounds = np.unique(np.concatenate([[0], np.searchsorted(self.indptr, targets), [self._file_rows]]))
+        yield from zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+
+    def _read_genes(self, idx):
+        lut = np.full(self.shape[1], -1, dtype=np.int64)
+        lut[idx] = np.arange(len(idx))
+        rows_out, cols_out, vals_out = [], [], []
+        data_ds, ind_ds = self.group["data"], self.group["indices"]
+        for r0, r1 in self._chunks():
+            a, b = int(self.indptr[r0]), int(self.indptr[r1])
+            if a == b:
+                continue
+            cols = lut[ind_ds[a:b]]
+            rows = np.repeat(np.arange(r0, r1, dtype=np.int64), np.diff(self.indptr[r0 : r1 + 1]))
+            if self.row_lut is not None:
+                rows = self.row_lut[rows]
+                keep = (cols >= 0) & (rows >= 0)
+            else:
+                keep = cols >= 0
+            vals = data_ds[a:b]
+            rows_out.append(rows[keep].astype(np.int32))
+            cols_out.append(cols[keep].astype(np.int32))
+            vals_out.append(vals[keep].astype(np.float32, copy=False))
+        if not vals_out:
+            return sp.csc_matrix((self.shape[0], len(idx)), dtype=np.float32)
+        coo = sp.coo_matrix(
+            (np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))),
+            shape=(self.shape[0], len(idx)),
+        )
+        return _csc_f32(coo)
+
+
+class OnDiskCSC(GeneBlockSource):
+    """A CSC matrix in an HDF5 group, read gene by gene through ``indptr`` (adjacent genes together)."""
+
+    def __init__(self, group: h5py.Group, shape, obs_idx=None):
+        self.group = group
+        self.indptr = group["indptr"][...].astype(np.int64)
+        obs_idx = _as_index(obs_idx, shape[0])
+        self.row_lut = _row_lut(obs_idx, shape[0])
+        n = shape[0] if obs_idx is None else len(obs_idx)
+        super().__init__((n, shape[1]), "on-disk CSC", obs_idx)
+        self._file_rows = shape[0]
+
+    @property
+    def is_sparse(self):
+        return True
+
+    def nnz_fraction(self):
+        return float(self.indptr[-1]) / max(1, self._file_rows * self.shape[1])
+
+    def sample_rows(self, n_rows):
+        # A handful of genes' columns is cheap; a CSC file has no cheap row sample, so sample
+        # columns spread across the matrix and read their cells.
+        cols = np.unique(np.linspace(0, self.shape[1] - 1, num=min(self.shape[1], 64)).astype(np.int64))
+        block = self._read_genes(cols).toarray()
+        out = np.zeros((min(n_rows, self.shape[0]), self.shape[1]), np.float32)
+        out[:, cols] = block[: out.shape[0]]
+        return out
+
+    def _read_genes(self, idx):
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        # Runs of adjacent genes are read with one slice each.
+        breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
+        data_parts, ind_parts, counts = [], [], np.zeros(len(idx), np.int64)
+        data_ds, ind_ds = self.group["data"], self.group["indices"]
+        for run in np.split(np.arange(len(sorted_idx)), breaks):
+            g0, g1 = int(sorted_idx[run[0]]), int(sorted_idx[run[-1]]) + 1
+            a, b = int(self.indptr[g0]), int(self.indptr[g1])
+            data_parts.append(data_ds[a:b].astype(np.float32, copy=False))
+            ind_parts.append(ind_ds[a:b].astype(np.int64, copy=False))
+            counts[run] = np.diff(self.indptr[g0 : g1 + 1])
+        data = np.concatenate(data_parts) if data_parts else np.zeros(0, np.float32)
+        ind = np.concatenate(ind_parts) if ind_parts else np.zeros(0, np.int64)
+        ptr = np.concatenate([[0], np.cumsum(counts)])
+        m = sp.csc_matrix((data, ind, ptr), shape=(self._file_rows, len(idx)))
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        m = m[:, inv]
+        if self.obs_idx is not None:
+            m = m[self.obs_idx]
+        return _csc_f32(m)
+
+
+class OnDiskDense(GeneBlockSource):
+    """A dense 2-D HDF5 dataset (cells x genes), read in row slabs."""
+
+    def __init__(self, ds: h5py.Dataset, obs_idx=None):
+        self.ds = ds
+        obs_idx = _as_index(obs_idx, ds.shape[0])
+        n = ds.shape[0] if obs_idx is None else len(obs_idx)
+        super().__init__((n, ds.shape[1]), "on-disk dense", obs_idx)
+
+    def sample_rows(self, n_rows):
+        rows = np.arange(min(n_rows, self.shape[0]))
+        if self.obs_idx is not None:
+            rows = self.obs_idx[rows]
+        if len(rows) == 0:
+            return np.zeros((0, self.shape[1]), np.float32)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        return _f32(self.ds[lo:hi][rows - lo])
+
+    def _read_genes(self, idx):
+        n_file_rows = self.ds.shape[0]
+        g0, g1 = int(idx.min()), int(idx.max()) + 1
+        rows_per_slab = max(1, READ_CHUNK_BYTES // max(1, (g1 - g0) * self.ds.dtype.itemsize))
+        out = np.empty((n_file_rows, len(idx)), np.float32)
+        for r0 in range(0, n_file_rows, rows_per_slab):
+            r1 = min(n_file_rows, r0 + rows_per_slab)
+            out[r0:r1] = self.ds[r0:r1, g0:g1][:, idx - g0]
+        if self.obs_idx is not None:
+            out = out[self.obs_idx]
+        return out
+
+
+def _h5_group_shape(group: h5py.Group) -> tuple[int, int]:
+    shape = group.attrs.get("shape", group.attrs.get("h5sparse_shape"))
+    return int(shape[0]), int(shape[1])
+
+
+def _h5_group_format(group: h5py.Group) -> str:
+    fmt = group.attrs.get("encoding-type", group.attrs.get("h5sparse_format", ""))
+    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+    return "csc" if "csc" in fmt else "csr"
+
+
+def open_source(x, obs_idx=None) -> GeneBlockSource:
+    """Wrap a matrix in the gene-block reader that suits it.
+
+    Parameters
+    ----------
+    x
+        numpy array, scipy sparse matrix/array, dask array, h5py dataset or group, or anndata's
+        backed sparse dataset.
+    obs_idx
+        Optional subset of cells (slice, boolean mask or integer indices), for AnnData views.
+    """
+    if isinstance(x, GeneBlockSource):
+        return x
+    group = getattr(x, "group", None)  # anndata's backed CSR/CSC datasets
+    if isinstance(group, h5py.Group):
+        x = group
+    if isinstance(x, h5py.Group):
+        shape = _h5_group_shape(x)
+        cls = OnDiskCSC if _h5_group_format(x) == "csc" else OnDiskCSR
+        return cls(x, shape, obs_idx)
+    if isinstance(x, h5py.Dataset):
+        return OnDiskDense(x, obs_idx)
+    if sp.issparse(x):
+        return InMemorySparse(x, obs_idx)
+    if type(x).__module__.startswith("dask"):
+        return DaskArray(x, obs_idx)
+    if hasattr(x, "shape") and len(x.shape) == 2:
+        return InMemoryDense(np.asarray(x), obs_idx)
+    raise TypeError(
+        f"Cannot read gene expression from a {type(x).__name__}. Supported: numpy arrays, scipy sparse "
+        "matrices, dask arrays and matrices stored in an .h5ad file."
+    )

@@ -1,0 +1,206 @@
+"""Staging folder, payload files, manifests, and the atomic publish.
+
+An export is written into a hidden staging folder beside the target and renamed into place only
+when complete. Any exception, Ctrl-C or SIGTERM removes the staging folder and leaves the target
+exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import queue
+import shutil
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .codec import Codec
+from .errors import CellucidExportError, ExportExistsError
+from .quantize import QuantizedBlock
+
+__all__ = ["StagingFolder", "payload_suffix", "prefetch", "write_json", "write_payloads"]
+
+_EXT = {8: "u8", 16: "u16", None: "f32"}
+
+
+class DiskFullError(CellucidExportError, OSError):
+    """The disk filled up during the export."""
+
+
+def payload_suffix(kind_ext: str, compression: int | None) -> str:
+    """``.u8`` / ``.u8.gz`` etc. The viewer decides whether to gunzip from the suffix alone."""
+    return f".{kind_ext}" + (".gz" if compression else "")
+
+
+def write_json(path: Path, obj, *, indent: int | None = None) -> int:
+    """Strict JSON (no NaN/Infinity literals); returns bytes written."""
+    text = json.dumps(obj, allow_nan=False, indent=indent, ensure_ascii=False)
+    data = text.encode("utf-8")
+    path.write_bytes(data)
+    return len(data)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """Turn SIGTERM into KeyboardInterrupt while exporting, so cleanup runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"export stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class StagingFolder:
+    """Write an export beside ``target`` and publish it atomically.
+
+    Use as a context manager; call :meth:`publish` at the end of the ``with`` block. Leaving the block
+    without publishing (an exception, Ctrl-C) deletes the staging folder.
+    """
+
+    def __init__(self, target: os.PathLike, *, overwrite: bool):
+        self.target = Path(target).absolute()
+        self.overwrite = overwrite
+        check_target(self.target, overwrite)
+        self.path = self.target.parent / f".{self.target.name}.staging-{uuid.uuid4().hex[:8]}"
+        self._signals = _terminate_as_interrupt()
+
+    def __enter__(self) -> StagingFolder:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._signals.__enter__()
+        self.path.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            self._signals.__exit__(exc_type, exc, tb)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise DiskFullError(
+                f"The disk holding {self.target.parent} is full; nothing was written to {self.target}. "
+                "Free some space, export fewer genes, or keep 8-bit quantization and gzip on."
+            ) from exc
+        return False
+
+    def publish(self) -> None:
+        """Move the finished export to the target, replacing an old one only if overwrite=True."""
+        check_target(self.target, self.overwrite)
+        old = None
+        if self.target.exists() or self.target.is_symlink():
+            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.target, old)
+        try:
+            os.replace(self.path, self.target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, self.target)
+            raise
+        if old is not None:
+            # The old export is already out of the way; a file it held never mixes with the new one.
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing target without ``overwrite=True``."""
+    if target.exists() and not overwrite:
+        raise ExportExistsError(
+            f"{target} already exists. Pass overwrite=True to replace it (the old folder is removed whole), "
+            "or choose another folder."
+        )
+    if target.exists() and not target.is_dir():
+        raise ExportExistsError(f"{target} exists and is a file, not an export folder. Remove it or choose another path.")
+
+
+def prefetch(items: Iterable, depth: int = 1) -> Iterator:
+    """Produce ``items`` in a background thread, ``depth`` ahead, so reading overlaps writing.
+
+    Exceptions in the producer are re-raised in the consumer; abandoning the iterator stops the producer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("done", done))
+        except BaseException as e:  # handed to the consumer
+            q.put(("error", e))
+
+    thread = threading.Thread(target=produce, name="cellucid-export-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                q.get_nowait()
+        thread.join()
+
+
+def write_payloads(
+    folder: Path,
+    names: list[str],
+    block: QuantizedBlock,
+    codec: Codec | None,
+    pool: ThreadPoolExecutor,
+) -> int:
+    """Write row ``j`` of ``block.payload`` to ``folder / names[j]`` for every gene of the block.
+
+    Genes are encoded in parallel; each file depends only on its own gene, so the bytes are the same
+    whatever the number of threads. Returns the bytes written.
+    """
+    payload = block.payload
+    if payload.dtype.byteorder == ">":  # files are little-endian
+        payload = payload.astype(payload.dtype.newbyteorder("<"))
+
+    def write_one(j: int) -> int:
+        data = memoryview(np.ascontiguousarray(payload[j])).cast("B")
+        out = codec.encode(data) if codec is not None else data
+        with open(folder / names[j], "wb") as fh:
+            fh.write(out)
+        return len(out) if codec is not None else data.nbytes
+
+    return sum(pool.map(write_one, range(len(names))))
+
+
+def run_pool(n_jobs: int) -> ThreadPoolExecutor:
+    """The encoder thread pool."""
+    return ThreadPoolExecutor(max_workers=max(1, n_jobs), thread_name_prefix="cellucid-export-gzip")
+
+
+Progress = Callable[[int], None]
