@@ -122,7 +122,8 @@ def check_target(target: Path, overwrite: bool) -> None:
     """Refuse to replace an existing target without ``overwrite=True``."""
     if target.exists() and not overwrite:
         raise ExportExistsError(
-            f"{target} already exists. Pass overwrite=True to replace it (the old folder is removed whole), "
+            f"{target} already exists. Pass overwrite=True (--overwrite on the command line) to replace it "
+            "(the old folder is removed whole), "
             "or choose another folder."
         )
     if target.exists() and not target.is_dir():

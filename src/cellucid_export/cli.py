@@ -1,0 +1,134 @@
+"""The ``cellucid-export`` command: export, estimate and inspect from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import CellucidExportError
+from .export import estimate_h5ad, export_h5ad
+from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, format_bytes
+from .reader import read_export
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "null", "no", "off", "f32", "float32") else int(text)
+
+
+def _genes_arg(value: str | None, h5ad: str):
+    """--genes takes a boolean var column, comma-separated ids, or @file with one id per line."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        lines = Path(value[1:]).read_text().splitlines()
+        return [g.strip() for g in lines if g.strip() and not g.startswith("#")]
+    with h5py.File(h5ad, "r") as f:
+        columns = set(f["var"].attrs.get("column-order", [])) if "var" in f else set()
+    if value in columns:
+        return value
+    return [g.strip() for g in value.split(",") if g.strip()]
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("h5ad", help="the .h5ad file (read lazily; only the chosen matrix is streamed)")
+    p.add_argument("--layer", help="'X', 'raw' or a layer name (default: chosen automatically, and reported)")
+    p.add_argument(
+        "--genes",
+        help="a boolean var column (e.g. highly_variable), comma-separated gene ids, or @file with one id per line "
+        "(default: all genes)",
+    )
+    p.add_argument("--gene-id-column", help="var column holding the gene names to show (default: var_names)")
+    p.add_argument("--var-quantization", type=_optional_int, default=8, metavar="{8,16,none}",
+                   help="8 (default), 16, or none for float32")
+    p.add_argument("--compression", type=_optional_int, default=6, metavar="{1..9,none}",
+                   help="gzip level 1-9 (default 6) or none")
+    p.add_argument("--layout", choices=["name", "index"], default="name",
+                   help="'name': var/<gene>.values.u8.gz (default); 'index': var/<i>.values.u8.gz (current viewers)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cellucid-export",
+        description="Export gene expression from an .h5ad file to the Cellucid web viewer.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("export", help="write an export folder")
+    _add_selection(p)
+    p.add_argument("out_dir", help="the export folder to create")
+    p.add_argument("--max-bytes", default=str(DEFAULT_MAX_BYTES),
+                   help=f"refuse exports above this size before compression (default {format_bytes(DEFAULT_MAX_BYTES)}; "
+                   "'none' turns the check off)")
+    p.add_argument("--memory-budget", default=str(DEFAULT_MEMORY_BUDGET),
+                   help="working memory for gene blocks, e.g. 512MiB (default) or 2GB")
+    p.add_argument("--n-jobs", type=int, default=None, help="compression threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("estimate", help="print the size of an export without writing anything")
+    _add_selection(p)
+
+    p = sub.add_parser("inspect", help="summarise an export folder, or one gene of it")
+    p.add_argument("export_dir")
+    p.add_argument("--gene", action="append", help="print the decoded values of this gene (repeatable)")
+    return parser
+
+
+def _selection_kwargs(args) -> dict:
+    return {
+        "layer": args.layer,
+        "genes": _genes_arg(args.genes, args.h5ad),
+        "gene_id_column": args.gene_id_column,
+        "var_quantization": args.var_quantization,
+        "compression": args.compression,
+        "layout": args.layout,
+    }
+
+
+def _inspect(args) -> None:
+    ex = read_export(args.export_dir)
+    print(ex)
+    if not args.gene:
+        shown = ", ".join(ex.gene_ids[:10]) + (" ..." if len(ex.gene_ids) > 10 else "")
+        print(f"genes: {shown}")
+        return
+    for g in args.gene:
+        v = ex.gene(g)
+        finite = v[np.isfinite(v)]
+        stats = (f"min {finite.min():.4g}, max {finite.max():.4g}, mean {finite.mean():.4g}" if finite.size else "no values")
+        print(f"{g}: {ex.file(g).relative_to(ex.path)}; {stats}; {int(np.isnan(v).sum())} missing; "
+              f"{int((finite != 0).sum())} cells above zero")
+        with np.printoptions(precision=4, threshold=20, edgeitems=5):
+            print(f"  {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "export":
+            max_bytes = None if args.max_bytes.lower() == "none" else args.max_bytes
+            res = export_h5ad(
+                args.h5ad, args.out_dir, **_selection_kwargs(args), max_bytes=max_bytes,
+                memory_budget=args.memory_budget, n_jobs=args.n_jobs, overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+            print(res)
+        elif args.command == "estimate":
+            print(estimate_h5ad(args.h5ad, **_selection_kwargs(args)))
+        else:
+            _inspect(args)
+    except (CellucidExportError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written to the target folder.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

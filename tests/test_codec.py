@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from cellucid_export.codec import get_codec, gzip_decompress
+
+
+def gene_like_bytes(n=50_000, seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    v = np.zeros(n, np.uint8)
+    nz = rng.random(n) < 0.08
+    v[nz] = rng.integers(1, 255, nz.sum())
+    return v.tobytes()
+
+
+@pytest.mark.parametrize("library", ["isal", "zlib-ng", "zlib"])
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_single_deterministic_member(library, level):
+    data = gene_like_bytes()
+    codec = get_codec(level, library)
+    out = codec.encode(data)
+    assert out == codec.encode(data)  # deterministic
+    # Header: magic, deflate, no flags, MTIME 0.
+    assert out[:4] == b"\x1f\x8b\x08\x00" and out[4:8] == b"\x00\x00\x00\x00"
+    crc, isize = struct.unpack("<II", out[-8:])
+    assert isize == len(data) and crc == zlib.crc32(data)
+    assert gzip.decompress(out) == data
+    assert gzip_decompress(out) == data  # exactly one member, nothing after it
+
+
+def test_default_level6_no_larger_than_stdlib():
+    data = gene_like_bytes(200_000, seed=4)
+    ours = get_codec(6).encode(data)
+    stdlib = gzip.compress(data, compresslevel=6, mtime=0)
+    assert len(ours) <= len(stdlib)
+
+
+def test_decompress_refuses_trailing_bytes_and_truncation():
+    good = get_codec(6).encode(b"abc" * 100)
+    with pytest.raises(ValueError, match="unexpected bytes"):
+        gzip_decompress(good + b"\x00")
+    with pytest.raises(ValueError, match="truncated"):
+        gzip_decompress(good[:-4])
+
+
+@pytest.mark.parametrize("bad", [0, 10, -1, 2.5, True, "6"])
+def test_bad_levels(bad):
+    with pytest.raises(ValueError, match="compression must be None or an integer from 1 to 9"):
+        get_codec(bad)

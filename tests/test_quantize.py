@@ -1,0 +1,100 @@
+"""Quantization against the format's formula, written out independently per value."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellucid_export.quantize import MARKER, STEPS, dequantize, quantize_block
+
+
+def reference_codes(v: np.ndarray, bits: int, constant_plus_one: bool):
+    """The spec's per-gene rules, one value at a time in plain Python."""
+    m, marker = STEPS[bits], MARKER[bits]
+    vals = [float(np.float32(x)) for x in v]
+    valid = [x for x in vals if math.isfinite(x)]
+    if not valid:
+        return [marker] * len(vals), 0.0, 1.0
+    lo, hi = min(valid), max(valid)
+    if lo == hi:
+        return [0 if math.isfinite(x) else marker for x in vals], lo, (lo + 1.0 if constant_plus_one else hi)
+    scale = m / (hi - lo)
+    codes = []
+    for x in vals:
+        if not math.isfinite(x):
+            codes.append(marker)
+        else:
+            codes.append(min(m, max(0, round((x - lo) * scale))))  # Python round() is half-to-even
+    return codes, lo, hi
+
+
+def test_codes_match_formula_dense_and_sparse():
+    rng = np.random.default_rng(1)
+    n_cells, n_genes = 400, 12
+    dense = np.where(rng.random((n_cells, n_genes)) < 0.1, rng.gamma(2, 1.5, (n_cells, n_genes)), 0).astype(np.float32)
+    dense[:, 0] = 0  # all zero (constant)
+    dense[:, 1] = 3.5  # constant, non-zero
+    dense[5, 2] = np.nan
+    dense[6, 2] = np.inf
+    dense[:, 3] = np.nan  # only missing
+    dense[7, 4] = -np.inf
+    dense[:, 5] -= 1.25  # negative values
+    dense[::2, 6] = np.nan  # half missing
+    for bits in (8, 16):
+        for plus_one in (True, False):
+            qd = quantize_block(dense, bits, constant_plus_one=plus_one)
+            qs = quantize_block(sp.csc_matrix(dense), bits, constant_plus_one=plus_one)
+            for j in range(n_genes):
+                codes, lo, hi = reference_codes(dense[:, j], bits, plus_one)
+                for q in (qd, qs):
+                    np.testing.assert_array_equal(q.payload[j], codes, err_msg=f"gene {j}, {bits} bits")
+                    assert float(q.lo[j]) == lo
+                    assert float(q.hi[j]) == hi
+            assert qd.payload.dtype == qs.payload.dtype == np.dtype(f"uint{bits}")
+            assert qd.payload.flags.c_contiguous and qs.payload.flags.c_contiguous
+
+
+def test_sparse_block_with_only_explicit_values_and_no_implicit_zero():
+    # Every cell stored: the minimum must not include an implicit 0.
+    x = sp.csc_matrix(np.array([[2.0], [3.0], [4.0]], np.float32))
+    q = quantize_block(x, 8, constant_plus_one=True)
+    assert q.lo[0] == 2.0 and q.hi[0] == 4.0
+    np.testing.assert_array_equal(q.payload[0], [0, 127, 254])
+
+
+def test_rounding_is_to_nearest_and_maximum_reaches_top_code():
+    v = np.linspace(0, 1, 1001, dtype=np.float32)[:, None]
+    q = quantize_block(v, 8, constant_plus_one=True)
+    assert q.payload[0].max() == 254 and q.payload[0].min() == 0
+    decoded = dequantize(q.payload[0], float(q.lo[0]), float(q.hi[0]), 8)
+    half_step = (q.hi[0] - q.lo[0]) / 254 / 2
+    assert np.abs(decoded - v[:, 0]).max() <= half_step * (1 + 1e-6)
+    # Truncation would bias low: with rounding the mean error is close to zero.
+    assert abs(float(np.mean(decoded - v[:, 0]))) < half_step / 10
+
+
+def test_valid_values_never_get_the_marker():
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(10_000, 3)).astype(np.float32)
+    for bits in (8, 16):
+        q = quantize_block(v, bits, constant_plus_one=False)
+        assert not (q.payload == MARKER[bits]).any()
+
+
+def test_nonfinite_counts():
+    v = np.array([[np.nan, 1], [np.inf, 2], [-np.inf, 3], [1.0, np.nan]], np.float32)
+    for block in (v, sp.csc_matrix(v)):
+        q = quantize_block(block, None, constant_plus_one=True)
+        assert q.n_nan.tolist() == [1, 1]
+        assert q.n_inf.tolist() == [2, 0]
+        np.testing.assert_array_equal(q.payload, v.T)  # float32 written unchanged
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_dequantize_marks_missing(bits):
+    codes = np.array([0, STEPS[bits], MARKER[bits]], dtype=f"uint{bits}")
+    out = dequantize(codes, -1.0, 1.0, bits)
+    assert out[0] == -1.0 and out[1] == 1.0 and np.isnan(out[2])

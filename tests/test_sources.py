@@ -1,0 +1,124 @@
+"""Every kind of source gives byte-identical exports; on-disk sources are streamed, not loaded."""
+
+from __future__ import annotations
+
+import anndata as ad
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import cellucid_export
+from cellucid_export import sources
+from tests.conftest import folder_digest, make_scrna
+
+OPTS = {"layer": "X", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def adata():
+    a = make_scrna(n_cells=500, n_genes=80, seed=7)
+    x = a.X.tolil()
+    x[3, 5] = np.nan  # stored NaN: marker in 8-bit
+    x[4, 6] = -0.5  # negative stored value
+    a.X = sp.csr_matrix(x)
+    return a
+
+
+@pytest.fixture(scope="module")
+def h5ads(adata, tmp_path_factory):
+    d = tmp_path_factory.mktemp("h5ad")
+    out = {}
+    for kind, conv in {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "dense": lambda m: m.toarray()}.items():
+        b = adata.copy()
+        b.X = conv(adata.X)
+        del b.layers["log1p"]
+        b.write_h5ad(d / f"{kind}.h5ad")
+        out[kind] = d / f"{kind}.h5ad"
+    return out
+
+
+GENES = ["G70", "G3", "G5", "G6", "G40", "G41", "G42", "G0"]  # unsorted, with a run of adjacent genes
+
+
+@pytest.mark.parametrize("bits", [8, None])
+def test_all_sources_byte_identical(adata, h5ads, tmp_path, bits):
+    import dask.array as da
+
+    kw = {**OPTS, "genes": GENES, "var_quantization": bits}
+    reference = folder_digest(adata.cellucid.export(tmp_path / "mem-csr", **kw).path)
+    variants = {
+        "mem-csc": lambda p: ad.AnnData(sp.csc_matrix(adata.X), obs=adata.obs, var=adata.var).cellucid.export(p, **kw),
+        "mem-csr-array": lambda p: ad.AnnData(sp.csr_array(adata.X), obs=adata.obs, var=adata.var).cellucid.export(
+            p, **kw),
+        "mem-dense": lambda p: ad.AnnData(adata.X.toarray(), obs=adata.obs, var=adata.var).cellucid.export(p, **kw),
+        "dask-dense": lambda p: ad.AnnData(da.from_array(adata.X.toarray(), chunks=(128, 32)), obs=adata.obs,
+                                           var=adata.var).cellucid.export(p, **kw),
+        "dask-sparse": lambda p: ad.AnnData(da.from_array(adata.X, chunks=(128, 80), asarray=False), obs=adata.obs,
+                                            var=adata.var).cellucid.export(p, **kw),
+    }
+    for kind, path in h5ads.items():
+        variants[f"backed-{kind}"] = lambda p, path=path: ad.read_h5ad(path, backed="r").cellucid.export(p, **kw)
+        variants[f"h5ad-{kind}"] = lambda p, path=path: cellucid_export.export_h5ad(path, p, **kw)
+    for name, run in variants.items():
+        res = run(tmp_path / name)
+        assert folder_digest(res.path) == reference, name
+
+
+def test_coo_is_read_like_csr(adata):
+    idx = np.array([70, 3, 5])
+    for x in (sp.coo_matrix(adata.X), sp.coo_array(adata.X)):
+        (block,) = sources.open_source(x).blocks(idx, 10)
+        np.testing.assert_array_equal(block.toarray(), adata.X[:, idx].toarray())
+
+
+def test_backed_sources_are_streamed(adata, h5ads):
+    with h5py.File(h5ads["csr"]) as f:
+        assert isinstance(sources.open_source(f["X"]), sources.OnDiskCSR)
+    with h5py.File(h5ads["csc"]) as f:
+        assert isinstance(sources.open_source(f["X"]), sources.OnDiskCSC)
+    with h5py.File(h5ads["dense"]) as f:
+        assert isinstance(sources.open_source(f["X"]), sources.OnDiskDense)
+    backed = ad.read_h5ad(h5ads["csr"], backed="r")
+    assert isinstance(sources.open_source(backed.X), sources.OnDiskCSR)
+
+
+def test_budget_and_threads_do_not_change_bytes(h5ads, tmp_path, monkeypatch):
+    kw = {**OPTS, "genes": None}
+    ref = folder_digest(cellucid_export.export_h5ad(h5ads["csr"], tmp_path / "ref", **kw).path)
+    # A tiny read chunk and budget force many row chunks and many gene blocks (several passes).
+    monkeypatch.setattr(sources, "READ_CHUNK_NNZ", 97)
+    monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 4096)
+    calls = []
+    orig = sources.OnDiskCSR._read_genes
+    monkeypatch.setattr(sources.OnDiskCSR, "_read_genes", lambda self, idx: calls.append(len(idx)) or orig(self, idx))
+    for kind in ("csr", "csc", "dense"):
+        for n_jobs in (1, 3):
+            res = cellucid_export.export_h5ad(h5ads[kind], tmp_path / f"{kind}-{n_jobs}", memory_budget=20_000,
+                                              n_jobs=n_jobs, **kw)
+            assert folder_digest(res.path) == ref, (kind, n_jobs)
+    assert len(calls) > 10 and max(calls) < 80  # really was split into blocks
+
+
+def test_backed_view(h5ads, adata, tmp_path):
+    backed = ad.read_h5ad(h5ads["csr"], backed="r")
+    cells = np.flatnonzero(np.arange(backed.n_obs) % 3 == 0)
+    view = backed[cells, 10:30]
+    assert view.is_view and view.isbacked
+    res = view.cellucid.export(tmp_path / "bv", var_quantization=None, **OPTS)
+    ex = cellucid_export.read_export(res.path)
+    assert ex.gene_ids == list(adata.var_names[10:30])
+    np.testing.assert_array_equal(ex.to_array(), adata.X[cells][:, 10:30].toarray())
+
+
+def test_h5ad_reads_only_the_chosen_layer(adata, tmp_path, monkeypatch):
+    b = adata.copy()
+    b.layers["huge"] = sp.random(b.n_obs, b.n_vars, density=0.5, format="csr", dtype=np.float32)
+    b.write_h5ad(tmp_path / "layers.h5ad")
+    opened = []
+    orig = sources.open_source
+    monkeypatch.setattr("cellucid_export.resolve.open_source", lambda x, *a: opened.append(x.name) or orig(x, *a))
+    res = cellucid_export.export_h5ad(tmp_path / "layers.h5ad", tmp_path / "out", layer="log1p", genes=["G1"],
+                                      progress=False)
+    assert res.source == "layers['log1p']"
+    assert opened == ["/layers/log1p"]
