@@ -40,18 +40,31 @@ def test_auto_picks_raw_and_realigns_hvg_mask(pbmc, tmp_path, caplog):
 
 def test_float32_is_exact_and_uncompressed(pbmc, tmp_path):
     genes = ["CD79A", "MS4A1", "CST3", "NKG7"]
-    res = pbmc.cellucid.export(tmp_path / "f32", genes=genes, var_quantization=None, compression=None,
-                               progress=False)
+    res = pbmc.cellucid.export(
+        tmp_path / "f32", genes=genes, var_quantization=None, compression=None, progress=False
+    )
     ex = cellucid_export.read_export(res.path)
     assert ex.gene_ids == genes  # a list keeps its order
     for g in genes:
         assert ex.file(g).name == f"{g}.values.f32"
         np.testing.assert_array_equal(ex.gene(g), pbmc.raw[:, g].X.toarray().ravel())
     manifest = json.loads((res.path / "var_manifest.json").read_text())
-    assert list(manifest) == ["_format", "n_points", "var_gene_id_column", "compression", "quantization",
-                              "_varSchema", "fields"]
-    assert manifest["_varSchema"] == {"kind": "continuous", "pathPattern": "var/{key}.values.f32", "ext": "f32",
-                                      "dtype": "float32", "quantized": False}
+    assert list(manifest) == [
+        "_format",
+        "n_points",
+        "var_gene_id_column",
+        "compression",
+        "quantization",
+        "_varSchema",
+        "fields",
+    ]
+    assert manifest["_varSchema"] == {
+        "kind": "continuous",
+        "pathPattern": "var/{key}.values.f32",
+        "ext": "f32",
+        "dtype": "float32",
+        "quantized": False,
+    }
     assert manifest["fields"] == [[g] for g in genes]
     assert manifest["compression"] is None and manifest["quantization"] is None
     assert not any(p.suffix == ".gz" for p in res.path.rglob("*"))
@@ -60,14 +73,23 @@ def test_float32_is_exact_and_uncompressed(pbmc, tmp_path):
 @pytest.mark.parametrize("bits", [8, 16])
 def test_index_layout(pbmc, tmp_path, bits):
     genes = list(pbmc.var_names[:25])
-    res = pbmc.cellucid.export(tmp_path / "idx", layer="raw", genes=genes, layout="index", var_quantization=bits,
-                               progress=False)
+    res = pbmc.cellucid.export(
+        tmp_path / "idx", layer="raw", genes=genes, layout="index", var_quantization=bits, progress=False
+    )
     manifest = json.loads((res.path / "var_manifest.json").read_text())
     ext = f"u{bits}"
-    assert manifest["_varSchema"] == {"kind": "continuous", "pathPattern": f"var/{{index}}.values.{ext}.gz",
-                                      "ext": ext, "dtype": f"uint{bits}", "quantized": True, "quantizationBits": bits}
+    assert manifest["_varSchema"] == {
+        "kind": "continuous",
+        "pathPattern": f"var/{{index}}.values.{ext}.gz",
+        "ext": ext,
+        "dtype": f"uint{bits}",
+        "quantized": True,
+        "quantizationBits": bits,
+    }
     assert [f[:2] for f in manifest["fields"]] == [[i, g] for i, g in enumerate(genes)]
-    assert sorted(p.name for p in (res.path / "var").iterdir()) == sorted(f"{i}.values.{ext}.gz" for i in range(25))
+    assert sorted(p.name for p in (res.path / "var").iterdir()) == sorted(
+        f"{i}.values.{ext}.gz" for i in range(25)
+    )
     ex = cellucid_export.read_export(res.path)
     assert ex.layout == "index"
     src = pbmc.raw[:, genes].X.toarray()
@@ -90,12 +112,19 @@ def test_estimate_matches_export_and_writes_nothing(pbmc, tmp_path):
 
 def test_gene_id_column(pbmc, tmp_path):
     pbmc.var["symbol_lower"] = [g.lower() + "_sym" for g in pbmc.var_names]
-    res = pbmc.cellucid.export(tmp_path / "ids", layer="X", genes=["CD79A", "ms4a1_sym"],
-                               gene_id_column="symbol_lower", progress=False)
+    res = pbmc.cellucid.export(
+        tmp_path / "ids",
+        layer="X",
+        genes=["CD79A", "ms4a1_sym"],
+        gene_id_column="symbol_lower",
+        progress=False,
+    )
     ex = cellucid_export.read_export(res.path)
     assert ex.gene_ids == ["cd79a_sym", "ms4a1_sym"]  # ids resolved through var_names or the column
     assert ex.manifest["var_gene_id_column"] == "symbol_lower"
-    np.testing.assert_allclose(ex.gene("cd79a_sym"), pbmc[:, "CD79A"].X.ravel(), atol=ex.step("cd79a_sym") / 2 + 1e-6)
+    np.testing.assert_allclose(
+        ex.gene("cd79a_sym"), pbmc[:, "CD79A"].X.ravel(), atol=ex.step("cd79a_sym") / 2 + 1e-6
+    )
 
 
 def test_views_export_their_subset(pbmc, tmp_path):

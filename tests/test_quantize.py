@@ -34,7 +34,9 @@ def reference_codes(v: np.ndarray, bits: int, constant_plus_one: bool):
 def test_codes_match_formula_dense_and_sparse():
     rng = np.random.default_rng(1)
     n_cells, n_genes = 400, 12
-    dense = np.where(rng.random((n_cells, n_genes)) < 0.1, rng.gamma(2, 1.5, (n_cells, n_genes)), 0).astype(np.float32)
+    dense = np.where(rng.random((n_cells, n_genes)) < 0.1, rng.gamma(2, 1.5, (n_cells, n_genes)), 0).astype(
+        np.float32
+    )
     dense[:, 0] = 0  # all zero (constant)
     dense[:, 1] = 3.5  # constant, non-zero
     dense[5, 2] = np.nan

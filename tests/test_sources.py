@@ -7,10 +7,10 @@ import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from tests.conftest import folder_digest, make_scrna
 
 import cellucid_export
 from cellucid_export import sources
-from tests.conftest import folder_digest, make_scrna
 
 OPTS = {"layer": "X", "progress": False}
 
@@ -48,17 +48,26 @@ def test_all_sources_byte_identical(adata, h5ads, tmp_path, bits):
     kw = {**OPTS, "genes": GENES, "var_quantization": bits}
     reference = folder_digest(adata.cellucid.export(tmp_path / "mem-csr", **kw).path)
     variants = {
-        "mem-csc": lambda p: ad.AnnData(sp.csc_matrix(adata.X), obs=adata.obs, var=adata.var).cellucid.export(p, **kw),
-        "mem-csr-array": lambda p: ad.AnnData(sp.csr_array(adata.X), obs=adata.obs, var=adata.var).cellucid.export(
-            p, **kw),
-        "mem-dense": lambda p: ad.AnnData(adata.X.toarray(), obs=adata.obs, var=adata.var).cellucid.export(p, **kw),
-        "dask-dense": lambda p: ad.AnnData(da.from_array(adata.X.toarray(), chunks=(128, 32)), obs=adata.obs,
-                                           var=adata.var).cellucid.export(p, **kw),
-        "dask-sparse": lambda p: ad.AnnData(da.from_array(adata.X, chunks=(128, 80), asarray=False), obs=adata.obs,
-                                            var=adata.var).cellucid.export(p, **kw),
+        "mem-csc": lambda p: ad.AnnData(sp.csc_matrix(adata.X), obs=adata.obs, var=adata.var).cellucid.export(
+            p, **kw
+        ),
+        "mem-csr-array": lambda p: ad.AnnData(
+            sp.csr_array(adata.X), obs=adata.obs, var=adata.var
+        ).cellucid.export(p, **kw),
+        "mem-dense": lambda p: ad.AnnData(adata.X.toarray(), obs=adata.obs, var=adata.var).cellucid.export(
+            p, **kw
+        ),
+        "dask-dense": lambda p: ad.AnnData(
+            da.from_array(adata.X.toarray(), chunks=(128, 32)), obs=adata.obs, var=adata.var
+        ).cellucid.export(p, **kw),
+        "dask-sparse": lambda p: ad.AnnData(
+            da.from_array(adata.X, chunks=(128, 80), asarray=False), obs=adata.obs, var=adata.var
+        ).cellucid.export(p, **kw),
     }
     for kind, path in h5ads.items():
-        variants[f"backed-{kind}"] = lambda p, path=path: ad.read_h5ad(path, backed="r").cellucid.export(p, **kw)
+        variants[f"backed-{kind}"] = lambda p, path=path: ad.read_h5ad(path, backed="r").cellucid.export(
+            p, **kw
+        )
         variants[f"h5ad-{kind}"] = lambda p, path=path: cellucid_export.export_h5ad(path, p, **kw)
     for name, run in variants.items():
         res = run(tmp_path / name)
@@ -91,11 +100,14 @@ def test_budget_and_threads_do_not_change_bytes(h5ads, tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 4096)
     calls = []
     orig = sources.OnDiskCSR._read_genes
-    monkeypatch.setattr(sources.OnDiskCSR, "_read_genes", lambda self, idx: calls.append(len(idx)) or orig(self, idx))
+    monkeypatch.setattr(
+        sources.OnDiskCSR, "_read_genes", lambda self, idx: calls.append(len(idx)) or orig(self, idx)
+    )
     for kind in ("csr", "csc", "dense"):
         for n_jobs in (1, 3):
-            res = cellucid_export.export_h5ad(h5ads[kind], tmp_path / f"{kind}-{n_jobs}", memory_budget=20_000,
-                                              n_jobs=n_jobs, **kw)
+            res = cellucid_export.export_h5ad(
+                h5ads[kind], tmp_path / f"{kind}-{n_jobs}", memory_budget=20_000, n_jobs=n_jobs, **kw
+            )
             assert folder_digest(res.path) == ref, (kind, n_jobs)
     assert len(calls) > 10 and max(calls) < 80  # really was split into blocks
 
@@ -117,8 +129,11 @@ def test_h5ad_reads_only_the_chosen_layer(adata, tmp_path, monkeypatch):
     b.write_h5ad(tmp_path / "layers.h5ad")
     opened = []
     orig = sources.open_source
-    monkeypatch.setattr("cellucid_export.resolve.open_source", lambda x, *a: opened.append(x.name) or orig(x, *a))
-    res = cellucid_export.export_h5ad(tmp_path / "layers.h5ad", tmp_path / "out", layer="log1p", genes=["G1"],
-                                      progress=False)
+    monkeypatch.setattr(
+        "cellucid_export.resolve.open_source", lambda x, *a: opened.append(x.name) or orig(x, *a)
+    )
+    res = cellucid_export.export_h5ad(
+        tmp_path / "layers.h5ad", tmp_path / "out", layer="log1p", genes=["G1"], progress=False
+    )
     assert res.source == "layers['log1p']"
     assert opened == ["/layers/log1p"]

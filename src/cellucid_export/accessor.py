@@ -89,11 +89,22 @@ class CellucidAccessor:
         -------
         :class:`~cellucid_export.ExportResult` with the path, counts, bytes written, the matrix used and
         why, and the genes that held NaN/Inf.
+
         """
         return export_parts(
-            parts_from_anndata(self._adata), out_dir, layer=layer, genes=genes, gene_id_column=gene_id_column,
-            var_quantization=var_quantization, compression=compression, layout=layout, max_bytes=max_bytes,
-            overwrite=overwrite, progress=progress, memory_budget=memory_budget, n_jobs=n_jobs,
+            parts_from_anndata(self._adata),
+            out_dir,
+            layer=layer,
+            genes=genes,
+            gene_id_column=gene_id_column,
+            var_quantization=var_quantization,
+            compression=compression,
+            layout=layout,
+            max_bytes=max_bytes,
+            overwrite=overwrite,
+            progress=progress,
+            memory_budget=memory_budget,
+            n_jobs=n_jobs,
         )
 
     def estimate(
@@ -115,8 +126,14 @@ class CellucidAccessor:
         -------
         :class:`~cellucid_export.ExportPlan`: cells, genes, bytes per gene, total bytes before
         compression and number of files; its repr is a table of the sizes at each bit depth.
+
         """
         return estimate_parts(
-            parts_from_anndata(self._adata), layer=layer, genes=genes, gene_id_column=gene_id_column,
-            var_quantization=var_quantization, compression=compression, layout=layout,
+            parts_from_anndata(self._adata),
+            layer=layer,
+            genes=genes,
+            gene_id_column=gene_id_column,
+            var_quantization=var_quantization,
+            compression=compression,
+            layout=layout,
         )

@@ -42,12 +42,26 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         "(default: all genes)",
     )
     p.add_argument("--gene-id-column", help="var column holding the gene names to show (default: var_names)")
-    p.add_argument("--var-quantization", type=_optional_int, default=8, metavar="{8,16,none}",
-                   help="8 (default), 16, or none for float32")
-    p.add_argument("--compression", type=_optional_int, default=6, metavar="{1..9,none}",
-                   help="gzip level 1-9 (default 6) or none")
-    p.add_argument("--layout", choices=["name", "index"], default="name",
-                   help="'name': var/<gene>.values.u8.gz (default); 'index': var/<i>.values.u8.gz (current viewers)")
+    p.add_argument(
+        "--var-quantization",
+        type=_optional_int,
+        default=8,
+        metavar="{8,16,none}",
+        help="8 (default), 16, or none for float32",
+    )
+    p.add_argument(
+        "--compression",
+        type=_optional_int,
+        default=6,
+        metavar="{1..9,none}",
+        help="gzip level 1-9 (default 6) or none",
+    )
+    p.add_argument(
+        "--layout",
+        choices=["name", "index"],
+        default="name",
+        help="'name': var/<gene>.values.u8.gz (default); 'index': var/<i>.values.u8.gz (current viewers)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,11 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write an export folder")
     _add_selection(p)
     p.add_argument("out_dir", help="the export folder to create")
-    p.add_argument("--max-bytes", default=str(DEFAULT_MAX_BYTES),
-                   help=f"refuse exports above this size before compression (default {format_bytes(DEFAULT_MAX_BYTES)}; "
-                   "'none' turns the check off)")
-    p.add_argument("--memory-budget", default=str(DEFAULT_MEMORY_BUDGET),
-                   help="working memory for gene blocks, e.g. 512MiB (default) or 2GB")
+    p.add_argument(
+        "--max-bytes",
+        default=str(DEFAULT_MAX_BYTES),
+        help=f"refuse exports above this size before compression (default {format_bytes(DEFAULT_MAX_BYTES)}; "
+        "'none' turns the check off)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        default=str(DEFAULT_MEMORY_BUDGET),
+        help="working memory for gene blocks, e.g. 512MiB (default) or 2GB",
+    )
     p.add_argument("--n-jobs", type=int, default=None, help="compression threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -98,9 +118,15 @@ def _inspect(args) -> None:
     for g in args.gene:
         v = ex.gene(g)
         finite = v[np.isfinite(v)]
-        stats = (f"min {finite.min():.4g}, max {finite.max():.4g}, mean {finite.mean():.4g}" if finite.size else "no values")
-        print(f"{g}: {ex.file(g).relative_to(ex.path)}; {stats}; {int(np.isnan(v).sum())} missing; "
-              f"{int((finite != 0).sum())} cells above zero")
+        stats = (
+            f"min {finite.min():.4g}, max {finite.max():.4g}, mean {finite.mean():.4g}"
+            if finite.size
+            else "no values"
+        )
+        print(
+            f"{g}: {ex.file(g).relative_to(ex.path)}; {stats}; {int(np.isnan(v).sum())} missing; "
+            f"{int((finite != 0).sum())} cells above zero"
+        )
         with np.printoptions(precision=4, threshold=20, edgeitems=5):
             print(f"  {v}")
 
@@ -112,8 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             max_bytes = None if args.max_bytes.lower() == "none" else args.max_bytes
             res = export_h5ad(
-                args.h5ad, args.out_dir, **_selection_kwargs(args), max_bytes=max_bytes,
-                memory_budget=args.memory_budget, n_jobs=args.n_jobs, overwrite=args.overwrite,
+                args.h5ad,
+                args.out_dir,
+                **_selection_kwargs(args),
+                max_bytes=max_bytes,
+                memory_budget=args.memory_budget,
+                n_jobs=args.n_jobs,
+                overwrite=args.overwrite,
                 progress=not args.no_progress,
             )
             print(res)

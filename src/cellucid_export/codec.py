@@ -62,6 +62,7 @@ class Codec:
         The user-facing level, 1 (fastest) to 9 (smallest).
     library
         Which deflate implementation produces the stream (``"isal"``, ``"zlib-ng"`` or ``"zlib"``).
+
     """
 
     level: int
@@ -91,6 +92,7 @@ def get_codec(level: int, library: str | None = None) -> Codec:
     library
         Force one implementation (``"isal"``, ``"zlib-ng"`` or ``"zlib"``); mainly for benchmarks
         and tests.
+
     """
     if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level <= 9:
         raise ValueError(f"compression must be None or an integer from 1 to 9, got {level!r}.")

@@ -16,10 +16,26 @@ from ._logging import logger
 from .codec import get_codec
 from .errors import CellucidExportWarning, InvalidParameterError
 from .inputs import check_h5ad_path, parts_from_h5ad
-from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, ExportPlan, check_plan, format_bytes, genes_per_block, parse_bytes
+from .plan import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MEMORY_BUDGET,
+    ExportPlan,
+    check_plan,
+    format_bytes,
+    genes_per_block,
+    parse_bytes,
+)
 from .quantize import quantize_block
 from .resolve import AnnDataParts, Selection, check_options, resolve, safe_name
-from .writer import StagingFolder, check_target, payload_suffix, prefetch, run_pool, write_json, write_payloads
+from .writer import (
+    StagingFolder,
+    check_target,
+    payload_suffix,
+    prefetch,
+    run_pool,
+    write_json,
+    write_payloads,
+)
 
 __all__ = ["ExportResult", "estimate_parts", "export_h5ad", "export_parts"]
 
@@ -52,6 +68,7 @@ class ExportResult:
         The size plan made before writing.
     seconds
         Wall time.
+
     """
 
     path: Path
@@ -75,8 +92,10 @@ class ExportResult:
             f"var_quantization={self.var_quantization}, compression={self.compression}, {self.seconds:.1f} s",
         ]
         if self.nonfinite_genes:
-            lines.append(f"  genes with NaN/Inf: {', '.join(list(self.nonfinite_genes)[:10])}"
-                         + (" ..." if len(self.nonfinite_genes) > 10 else ""))
+            lines.append(
+                f"  genes with NaN/Inf: {', '.join(list(self.nonfinite_genes)[:10])}"
+                + (" ..." if len(self.nonfinite_genes) > 10 else "")
+            )
         return "\n".join(lines)
 
     def _repr_pretty_(self, p, cycle):  # IPython
@@ -90,7 +109,9 @@ def _n_jobs(n_jobs: int | None) -> int:
         except AttributeError:  # pragma: no cover - not Linux
             return os.cpu_count() or 1
     if not isinstance(n_jobs, int) or n_jobs < 1:
-        raise InvalidParameterError(f"n_jobs must be a positive integer, -1 or None (all cores), got {n_jobs!r}.")
+        raise InvalidParameterError(
+            f"n_jobs must be a positive integer, -1 or None (all cores), got {n_jobs!r}."
+        )
     return n_jobs
 
 
@@ -99,7 +120,13 @@ def _plan(sel: Selection, var_quantization, compression) -> ExportPlan:
 
 
 def estimate_parts(
-    parts: AnnDataParts, *, layer=None, genes=None, gene_id_column=None, var_quantization=8, compression=6,
+    parts: AnnDataParts,
+    *,
+    layer=None,
+    genes=None,
+    gene_id_column=None,
+    var_quantization=8,
+    compression=6,
     layout="name",
 ) -> ExportPlan:
     """Resolve the selection and return the size plan; writes nothing."""
@@ -139,7 +166,14 @@ def var_manifest(sel: Selection, layout: str, var_quantization, compression, lo,
 
 
 def write_genes(
-    folder: Path, sel: Selection, *, var_quantization, compression, layout, memory_budget: int, n_jobs: int,
+    folder: Path,
+    sel: Selection,
+    *,
+    var_quantization,
+    compression,
+    layout,
+    memory_budget: int,
+    n_jobs: int,
     progress: bool,
 ) -> tuple[int, dict, dict[str, str]]:
     """Write ``var/`` into ``folder``; returns (bytes written, manifest, genes with NaN/Inf)."""
@@ -172,7 +206,9 @@ def write_genes(
             if qb.lo is not None:
                 lo[start : start + b], hi[start : start + b] = qb.lo, qb.hi
             for j in np.flatnonzero((qb.n_nan > 0) | (qb.n_inf > 0)):
-                parts = [f"{qb.n_nan[j]} NaN"] * bool(qb.n_nan[j]) + [f"{qb.n_inf[j]} Inf"] * bool(qb.n_inf[j])
+                parts = [f"{qb.n_nan[j]} NaN"] * bool(qb.n_nan[j]) + [f"{qb.n_inf[j]} Inf"] * bool(
+                    qb.n_inf[j]
+                )
                 nonfinite[sel.gene_ids[start + j]] = ", ".join(parts) + f" of {sel.n_cells} cells"
             start += b
             bar.update(b)
@@ -237,15 +273,30 @@ def export_parts(
     )
     with StagingFolder(target, overwrite=overwrite) as stage:
         written, _manifest, nonfinite = write_genes(
-            stage.path, sel, var_quantization=var_quantization, compression=compression, layout=layout,
-            memory_budget=memory_budget, n_jobs=jobs, progress=progress,
+            stage.path,
+            sel,
+            var_quantization=var_quantization,
+            compression=compression,
+            layout=layout,
+            memory_budget=memory_budget,
+            n_jobs=jobs,
+            progress=progress,
         )
         stage.publish()
     _warn_nonfinite(nonfinite, var_quantization, sel.n_cells)
     return ExportResult(
-        path=target, n_genes=len(sel.gene_ids), n_files=plan.n_files, bytes_written=written,
-        source=sel.source_name, source_reason=sel.reason, layout=layout, var_quantization=var_quantization,
-        compression=compression, nonfinite_genes=nonfinite, plan=plan, seconds=time.perf_counter() - t0,
+        path=target,
+        n_genes=len(sel.gene_ids),
+        n_files=plan.n_files,
+        bytes_written=written,
+        source=sel.source_name,
+        source_reason=sel.reason,
+        layout=layout,
+        var_quantization=var_quantization,
+        compression=compression,
+        nonfinite_genes=nonfinite,
+        plan=plan,
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -269,6 +320,7 @@ def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -
     Returns
     -------
     :class:`ExportResult`
+
     """
     check_h5ad_path(path)
     with h5py.File(path, "r") as f:

@@ -67,7 +67,7 @@ def parts_from_h5ad(f: h5py.File) -> AnnDataParts:
         )
     var = read_elem(f["var"])
     raw_var = read_elem(f["raw/var"]) if "raw/var" in f else None
-    layers = f["layers"] if "layers" in f else {}
+    layers = f.get("layers", {})
     return AnnDataParts(
         obs_names=_read_index(f["obs"]),
         var=var,

@@ -24,8 +24,22 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20
 
 _ITEMSIZE = {8: 1, 16: 2, None: 4}
 _DTYPE = {8: "uint8", 16: "uint16", None: "float32"}
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(value, name: str) -> int | None:
@@ -75,6 +89,7 @@ class ExportPlan:
         Files the gene export writes (one per gene plus ``var_manifest.json``).
     source
         Which matrix is read, e.g. ``"raw.X"``.
+
     """
 
     n_cells: int

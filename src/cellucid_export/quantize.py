@@ -34,6 +34,7 @@ class QuantizedBlock:
         Per-gene bounds as float32 (quantized only; ``None`` for float32).
     n_nan, n_inf
         Per-gene counts of NaN and of +/-Inf values.
+
     """
 
     payload: np.ndarray
@@ -149,6 +150,7 @@ def quantize_block(block, bits: int | None, *, constant_plus_one: bool) -> Quant
     The gene-major payload and per-gene bounds. Codes are
     ``round_half_even((v - lo) * M / (hi - lo))`` in float64, clipped to ``0..M``; invalid values
     (NaN, +/-Inf) get the marker; a gene with no valid value has bounds ``(0, 1)``.
+
     """
     if sp.issparse(block):
         return _quantize_csc(sp.csc_matrix(block), bits, constant_plus_one)

@@ -32,6 +32,7 @@ class Export:
         Exported gene ids, in export order.
     n_cells
         Cells per gene vector.
+
     """
 
     def __init__(self, path: os.PathLike | str):
@@ -125,5 +126,6 @@ def read_export(path: os.PathLike | str) -> Export:
     --------
     >>> ex = read_export("exports/pbmc")  # doctest: +SKIP
     >>> ex.gene("CD79A")  # doctest: +SKIP
+
     """
     return Export(path)

@@ -28,12 +28,30 @@ __all__ = ["AnnDataParts", "Selection", "check_options", "resolve", "safe_name"]
 
 #: Layer names that by convention hold log-normalised expression, in order of preference.
 LOG_LAYER_NAMES = (
-    "log1p", "lognorm", "log_norm", "lognormalized", "log_normalized", "logcounts", "log1p_norm",
-    "log_normalised", "lognormalised", "normalized", "normalised", "norm", "data",
+    "log1p",
+    "lognorm",
+    "log_norm",
+    "lognormalized",
+    "log_normalized",
+    "logcounts",
+    "log1p_norm",
+    "log_normalised",
+    "lognormalised",
+    "normalized",
+    "normalised",
+    "norm",
+    "data",
 )
 #: Cells read to guess what a matrix holds.
 SAMPLE_CELLS = 500
-_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_WINDOWS_DEVICES = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(1, 10)),
+    *(f"LPT{i}" for i in range(1, 10)),
+}
 _BARCODE = re.compile(r"[ACGTN]{8,}")
 
 
@@ -54,7 +72,9 @@ def check_options(var_quantization, compression, layout) -> None:
             "8-bit is the smallest and what the viewer needs for colouring; 16-bit keeps more precision."
         )
     if compression is not None and (
-        isinstance(compression, bool) or not isinstance(compression, int | np.integer) or not 1 <= compression <= 9
+        isinstance(compression, bool)
+        or not isinstance(compression, int | np.integer)
+        or not 1 <= compression <= 9
     ):
         raise InvalidParameterError(
             f"compression must be None (no gzip) or a gzip level from 1 (fastest) to 9 (smallest), "
@@ -118,7 +138,10 @@ def _describe(sample: np.ndarray) -> tuple[str, str]:
         return "empty", "holds only zeros or missing values in the cells sampled"
     lo, hi = float(finite.min()), float(finite.max())
     if lo < 0:
-        return "scaled", f"has negative values (min {lo:.3g}): it looks scaled or centred, e.g. by sc.pp.scale"
+        return (
+            "scaled",
+            f"has negative values (min {lo:.3g}): it looks scaled or centred, e.g. by sc.pp.scale",
+        )
     if np.array_equal(finite, np.round(finite)):
         return "counts", f"holds only whole numbers (max {hi:.0f}): it looks like raw counts"
     if hi > 50:
@@ -153,7 +176,9 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
     cands = _candidates(parts)
     if layer is not None:
         if not isinstance(layer, str):
-            raise InvalidParameterError(f"layer must be a string such as 'log1p', 'X' or 'raw', got {layer!r}.")
+            raise InvalidParameterError(
+                f"layer must be a string such as 'log1p', 'X' or 'raw', got {layer!r}."
+            )
         key = "X" if layer == "X" else "raw" if layer == "raw" else f"layers/{layer}"
         if key not in cands:
             have = ["'X'"] * ("X" in cands) + ["'raw'"] * ("raw" in cands) + [repr(n) for n in parts.layers]
@@ -194,7 +219,9 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
 
     for key in cands:
         judge(key)
-    problems = "\n".join(f"  - {cands[k].name} {looks[k][1]}" for k in cands) or "  - the AnnData has no matrix"
+    problems = (
+        "\n".join(f"  - {cands[k].name} {looks[k][1]}" for k in cands) or "  - the AnnData has no matrix"
+    )
     raise MatrixChoiceError(
         "Could not choose a log-normalised expression matrix to export automatically:\n"
         f"{problems}\nPass layer= to choose one explicitly (e.g. layer='counts' to export counts anyway), or "
@@ -242,9 +269,7 @@ def _bool_mask(values, n: int, what: str) -> np.ndarray:
     return arr
 
 
-def _select(
-    genes, cand: _Candidate, base_var: pd.DataFrame, id_lookup: pd.Index
-) -> tuple[np.ndarray, str]:
+def _select(genes, cand: _Candidate, base_var: pd.DataFrame, id_lookup: pd.Index) -> tuple[np.ndarray, str]:
     """Positions (in the candidate's var) of the requested genes, in export order, and a description."""
     var_names = cand.var.index
     n = len(var_names)
@@ -267,8 +292,11 @@ def _select(
     if isinstance(genes, str):
         if genes in base_var.columns:
             col = base_var[genes]
-            return realign(_bool_mask(col.to_numpy(), len(base_var), f"var[{genes!r}]"), base_var.index,
-                           f"var[{genes!r}]"), f"genes where var[{genes!r}] is True"
+            return realign(
+                _bool_mask(col.to_numpy(), len(base_var), f"var[{genes!r}]"),
+                base_var.index,
+                f"var[{genes!r}]",
+            ), f"genes where var[{genes!r}] is True"
         if cand.is_raw and genes in cand.var.columns:
             return np.flatnonzero(_bool_mask(cand.var[genes].to_numpy(), n, f"raw.var[{genes!r}]")), (
                 f"genes where raw.var[{genes!r}] is True"
@@ -279,7 +307,9 @@ def _select(
         )
     if isinstance(genes, pd.Series) and genes.dtype == bool:
         if genes.index.has_duplicates:
-            raise DuplicateGeneError(f"The genes mask has duplicate index entries: {_show(genes.index[genes.index.duplicated()])}.")
+            raise DuplicateGeneError(
+                f"The genes mask has duplicate index entries: {_show(genes.index[genes.index.duplicated()])}."
+            )
         ref = base_var.index if genes.index.isin(base_var.index).all() else var_names
         if not genes.index.isin(ref).all():
             raise UnknownGeneError(
@@ -300,11 +330,15 @@ def _select(
             + (f" and {cand.name} has {n}." if n != len(base_var) else ".")
         )
     if arr.ndim != 1:
-        raise InvalidParameterError("genes must be None, a boolean mask, a var column name or a list of gene ids.")
+        raise InvalidParameterError(
+            "genes must be None, a boolean mask, a var column name or a list of gene ids."
+        )
     ids = pd.Index([str(g) for g in arr])
     dup = ids[ids.duplicated()].unique()
     if len(dup):
-        raise DuplicateGeneError(f"These genes are listed more than once in genes=: {_show(dup)}. List each gene once.")
+        raise DuplicateGeneError(
+            f"These genes are listed more than once in genes=: {_show(dup)}. List each gene once."
+        )
     pos = var_names.get_indexer(ids)
     # Also accept ids from gene_id_column (e.g. symbols while var_names are Ensembl ids).
     by_alias = id_lookup.get_indexer(ids) if id_lookup.is_unique else np.full(len(ids), -1)
@@ -323,7 +357,9 @@ def _gene_ids(cand: _Candidate, base_var: pd.DataFrame, gene_id_column: str | No
     if gene_id_column is None:
         return pd.Index(cand.var.index)
     if not isinstance(gene_id_column, str):
-        raise InvalidParameterError(f"gene_id_column must be the name of a var column, got {gene_id_column!r}.")
+        raise InvalidParameterError(
+            f"gene_id_column must be the name of a var column, got {gene_id_column!r}."
+        )
     if gene_id_column in cand.var.columns:
         return pd.Index(cand.var[gene_id_column].to_numpy())
     if gene_id_column in base_var.columns:
@@ -342,12 +378,17 @@ def _check_ids(ids: Sequence, column: str | None) -> list[str]:
     if bad_type:
         raise InvalidGeneIdError(
             f"Gene ids in {where} must be text; {len(bad_type)} are not (e.g. {_show(bad_type, 3)}). "
-            + ("Those genes have no value in that column; choose another gene_id_column or fill it."
-               if any(pd.isna(x) for x in bad_type) else "Convert them to strings first.")
+            + (
+                "Those genes have no value in that column; choose another gene_id_column or fill it."
+                if any(pd.isna(x) for x in bad_type)
+                else "Convert them to strings first."
+            )
         )
     empty = [x for x in ids if not x.strip()]
     if empty:
-        raise InvalidGeneIdError(f"{len(empty)} gene ids in {where} are empty. Give every exported gene a name.")
+        raise InvalidGeneIdError(
+            f"{len(empty)} gene ids in {where} are empty. Give every exported gene a name."
+        )
     padded = [x for x in ids if x != x.strip()]
     if padded:
         raise InvalidGeneIdError(

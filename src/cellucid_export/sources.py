@@ -53,6 +53,7 @@ class GeneBlockSource:
         ``(n_cells, n_genes)`` of the source matrix after any cell subset.
     kind
         A short description for messages, e.g. ``"on-disk CSR"``.
+
     """
 
     shape: tuple[int, int]
@@ -360,6 +361,7 @@ def open_source(x, obs_idx=None) -> GeneBlockSource:
         backed sparse dataset.
     obs_idx
         Optional subset of cells (slice, boolean mask or integer indices), for AnnData views.
+
     """
     if isinstance(x, GeneBlockSource):
         return x

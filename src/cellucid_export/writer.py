@@ -127,7 +127,9 @@ def check_target(target: Path, overwrite: bool) -> None:
             "or choose another folder."
         )
     if target.exists() and not target.is_dir():
-        raise ExportExistsError(f"{target} exists and is a file, not an export folder. Remove it or choose another path.")
+        raise ExportExistsError(
+            f"{target} exists and is a file, not an export folder. Remove it or choose another path."
+        )
 
 
 def prefetch(items: Iterable, depth: int = 1) -> Iterator:

@@ -33,11 +33,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cellucid
 import numpy as np
 import pandas as pd
 from scipy import sparse
-
-import cellucid
 
 SEED = 20240611
 N_CELLS = 60
@@ -80,9 +79,7 @@ def build_inputs():
     # Build CSR from the explicit nonzero pattern (NaN != 0, so it is kept).
     mask = dense != 0
     rr, cc = np.nonzero(mask)
-    X = sparse.csr_matrix(
-        (dense[rr, cc], (rr, cc)), shape=dense.shape, dtype=np.float32
-    )
+    X = sparse.csr_matrix((dense[rr, cc], (rr, cc)), shape=dense.shape, dtype=np.float32)
     X.sort_indices()
 
     # Embedding (2D), latent space (5D), obs: one categorical, one continuous.
@@ -160,9 +157,17 @@ def main(argv):
         # Show (and record) that this release refuses the NaN gene.
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                export(version, Path(tmp) / "probe", quantized=True, X=X,
-                       umap=umap, latent=latent, obs=obs, var=var)
-            except Exception as exc:  # noqa: BLE001 - we want whatever it raises
+                export(
+                    version,
+                    Path(tmp) / "probe",
+                    quantized=True,
+                    X=X,
+                    umap=umap,
+                    latent=latent,
+                    obs=obs,
+                    var=var,
+                )
+            except Exception as exc:
                 msg = f"{type(exc).__name__}: {exc}"
                 print("NaN gene refused:", msg)
                 (vdir / "nan_gene_refusal.txt").write_text(msg + "\n", encoding="utf-8")
@@ -171,8 +176,17 @@ def main(argv):
                 print("NaN gene accepted by this release")
 
     for name, quantized in (("q8_gzip", True), ("f32_raw", False)):
-        export(version, vdir / name, quantized=quantized, X=X, umap=umap,
-               latent=latent, obs=obs, var=var, genes=genes)
+        export(
+            version,
+            vdir / name,
+            quantized=quantized,
+            X=X,
+            umap=umap,
+            latent=latent,
+            obs=obs,
+            var=var,
+            genes=genes,
+        )
         # 0.9.1 leaves an empty writer lock file beside the export folder;
         # it is not part of the export, so do not keep it in the fixtures.
         lock = vdir / f".{name}.cellucid.lock"

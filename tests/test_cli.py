@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+import cellucid_export
+from cellucid_export.cli import main
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "cellucid_export.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_end_to_end(pbmc, tmp_path):
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    est = run("estimate", h5ad, "--genes", "highly_variable")
+    assert est.returncode == 0, est.stderr
+    assert "309 genes x 700 cells from raw.X" in est.stdout
+    assert list(tmp_path.iterdir()) == [h5ad]
+
+    out = tmp_path / "exports" / "pbmc"
+    res = run("export", h5ad, out, "--genes", "highly_variable", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "309 genes" in res.stdout and "exporting raw.X" in res.stderr
+    ex = cellucid_export.read_export(out)
+    assert len(ex.gene_ids) == 309
+
+    ins = run("inspect", out, "--gene", "CD79A")
+    assert ins.returncode == 0 and "var/CD79A.values.u8.gz" in ins.stdout
+
+
+def test_cli_options_and_errors(pbmc, tmp_path, capsys):
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    panel = tmp_path / "panel.txt"
+    panel.write_text("# B cells\nCD79A\nMS4A1\n")
+    out = tmp_path / "panel"
+    assert (
+        main(
+            [
+                "export",
+                str(h5ad),
+                str(out),
+                "--genes",
+                f"@{panel}",
+                "--var-quantization",
+                "none",
+                "--compression",
+                "none",
+                "--layout",
+                "index",
+                "--no-progress",
+                "--n-jobs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    ex = cellucid_export.read_export(out)
+    assert ex.layout == "index" and ex.gene_ids == ["CD79A", "MS4A1"] and ex.bits is None
+    np.testing.assert_array_equal(ex.gene("MS4A1"), pbmc.raw[:, "MS4A1"].X.toarray().ravel())
+
+    assert main(["export", str(h5ad), str(tmp_path / "x"), "--genes", "CD79A,NOPE"]) == 2
+    assert "NOPE" in capsys.readouterr().err
+    assert main(["export", str(h5ad), str(out), "--genes", "CD79A"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["export", str(h5ad), str(tmp_path / "y"), "--max-bytes", "1000"]) == 2
+    assert "max_bytes" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert main(["inspect", str(out), "--gene", "NOPE"]) == 2

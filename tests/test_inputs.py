@@ -1,0 +1,208 @@
+"""Bad input gets a clear error naming the problem and the fix, before anything is written."""
+
+from __future__ import annotations
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from tests.conftest import make_scrna
+
+import cellucid_export
+from cellucid_export import errors
+
+
+def export(a, tmp_path, **kw):
+    kw.setdefault("progress", False)
+    return a.cellucid.export(tmp_path / "out", **kw)
+
+
+def assert_nothing_written(tmp_path):
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_missing_layer_lists_what_exists(scrna, tmp_path):
+    with pytest.raises(errors.MatrixChoiceError, match=r"no layer 'lognorm'.*'X', 'counts', 'log1p'"):
+        export(scrna, tmp_path, layer="lognorm")
+    with pytest.raises(errors.MatrixChoiceError, match="no adata.raw"):
+        export(scrna, tmp_path, layer="raw")
+    assert_nothing_written(tmp_path)
+
+
+def test_auto_never_exports_counts_silently(tmp_path):
+    a = make_scrna()
+    a.X = a.layers["counts"].copy()
+    del a.layers["log1p"]
+    with pytest.raises(errors.MatrixChoiceError) as e:
+        export(a, tmp_path)
+    msg = str(e.value)
+    assert "X holds only whole numbers" in msg and "raw counts" in msg
+    assert "layer=" in msg and "sc.pp.log1p" in msg
+    assert_nothing_written(tmp_path)
+    # An explicit choice is respected.
+    assert export(a, tmp_path, layer="counts").source == "layers['counts']"
+
+
+def test_auto_prefers_conventional_layer_over_counts_in_x(tmp_path):
+    a = make_scrna()
+    a.X = a.layers["counts"].copy()
+    res = export(a, tmp_path)
+    assert res.source == "layers['log1p']"
+    assert "whole numbers" in res.source_reason
+
+
+def test_auto_uses_log_x(scrna, tmp_path):
+    res = export(scrna, tmp_path, genes=["G1"])
+    assert res.source == "X" and "log-normalised" in res.source_reason
+
+
+def test_auto_refuses_normalised_but_not_logged(tmp_path):
+    a = make_scrna()
+    a.X = a.layers["counts"].multiply(1e4 / (a.layers["counts"].sum(1) + 1)).tocsr().astype(np.float32)
+    a.layers.clear()
+    with pytest.raises(errors.MatrixChoiceError, match="not log-transformed"):
+        export(a, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("genes", "error", "pattern"),
+    [
+        (
+            ["G1", "NOPE", "ALSO_NOPE"],
+            errors.UnknownGeneError,
+            r"2 of the requested genes .* 'NOPE', 'ALSO_NOPE'",
+        ),
+        (["G1", "G2", "G1"], errors.DuplicateGeneError, r"more than once.*'G1'"),
+        ("not_a_column", errors.InvalidParameterError, r"not a column of var.*genes=\['not_a_column'\]"),
+        ("gene_symbols", errors.InvalidParameterError, r"var\['gene_symbols'\] must be boolean"),
+        (np.ones(7, bool), errors.InvalidParameterError, "mask has 7 entries but var has 120 genes"),
+        ([], errors.InvalidParameterError, "No genes selected"),
+    ],
+)
+def test_bad_gene_selection(scrna, tmp_path, genes, error, pattern):
+    with pytest.raises(error, match=pattern):
+        export(scrna, tmp_path, genes=genes)
+    assert_nothing_written(tmp_path)
+
+
+def test_unknown_gene_is_a_keyerror_with_a_readable_message(scrna, tmp_path):
+    with pytest.raises(KeyError) as e:
+        export(scrna, tmp_path, genes=["NOPE"])
+    assert str(e.value).startswith("1 of the requested genes")
+
+
+def test_series_mask_aligns_by_name(scrna, tmp_path):
+    mask = pd.Series(False, index=scrna.var_names[::-1])  # reversed order
+    mask[["G5", "G2"]] = True
+    res = export(scrna, tmp_path, genes=mask)
+    assert cellucid_export.read_export(res.path).gene_ids == ["G2", "G5"]
+
+
+def test_duplicate_var_names_are_refused_by_name(scrna, tmp_path):
+    names = list(scrna.var_names)
+    names[3] = names[1]
+    scrna.var_names = names
+    with pytest.raises(errors.DuplicateGeneError, match=r"'G1' appear more than once.*var_names_make_unique"):
+        export(scrna, tmp_path)
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("ids", "pattern"),
+    [
+        ({0: " G0"}, "leading or trailing spaces"),
+        ({0: ""}, "empty"),
+        ({0: None}, "no value in that column"),
+    ],
+)
+def test_bad_gene_id_column_values(scrna, tmp_path, ids, pattern):
+    col = scrna.var["gene_symbols"].astype(object).copy()
+    for i, v in ids.items():
+        col.iloc[i] = v
+    scrna.var["gene_symbols"] = col
+    with pytest.raises(errors.InvalidGeneIdError, match=pattern):
+        export(scrna, tmp_path, gene_id_column="gene_symbols")
+    assert_nothing_written(tmp_path)
+
+
+def test_duplicate_ids_in_gene_id_column(scrna, tmp_path):
+    scrna.var["gene_symbols"] = ["A", "A", *scrna.var["gene_symbols"][2:]]
+    with pytest.raises(errors.DuplicateGeneError, match=r"var\['gene_symbols'\].*'A'"):
+        export(scrna, tmp_path, gene_id_column="gene_symbols")
+    # Exporting a subset without the duplicates is fine.
+    export(scrna, tmp_path, gene_id_column="gene_symbols", genes=["G0", "G5"])
+
+
+def test_unknown_gene_id_column(scrna, tmp_path):
+    with pytest.raises(
+        errors.InvalidParameterError, match="gene_id_column='feature_name' is not a var column"
+    ):
+        export(scrna, tmp_path, gene_id_column="feature_name")
+
+
+def test_name_layout_collisions(scrna, tmp_path):
+    names = list(scrna.var_names)
+    names[:6] = ["MT CO1", "MT_CO1", "hla-a", "HLA-A", "CON", "..."]
+    scrna.var_names = names
+    with pytest.raises(errors.GeneIdCollisionError) as e:
+        export(scrna, tmp_path)
+    msg = str(e.value)
+    assert "'MT CO1', 'MT_CO1'" in msg and "'hla-a', 'HLA-A'" in msg
+    assert "'CON'" in msg and "Windows" in msg and "'...'" in msg
+    assert "layout='index'" in msg
+    assert_nothing_written(tmp_path)
+    res = export(scrna, tmp_path, layout="index")  # the suggested fix works
+    assert cellucid_export.read_export(res.path).gene_ids[:6] == names[:6]
+
+
+def test_transposed_anndata_is_detected(scrna, tmp_path):
+    t = ad.AnnData(
+        sp.csr_matrix(scrna.X.T),
+        obs=pd.DataFrame(index=scrna.var_names),
+        var=pd.DataFrame(index=scrna.obs_names),
+    )
+    with pytest.raises(errors.OrientationError, match=r"looks transposed.*adata\.T"):
+        export(t, tmp_path, layer="X")
+    assert_nothing_written(tmp_path)
+
+
+def test_shape_mismatch_in_file(scrna, tmp_path):
+    # anndata refuses such objects in memory, but a hand-made file can hold a genes x cells layer.
+    path = tmp_path / "bad.h5ad"
+    scrna.write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        del f["layers/log1p"]
+        f.create_dataset("layers/log1p", data=scrna.layers["log1p"].T.toarray())
+    with pytest.raises(errors.OrientationError, match="var has 120 rows but gene_expression has 300 genes"):
+        cellucid_export.export_h5ad(path, tmp_path / "out", layer="log1p", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("kw", "pattern"),
+    [
+        ({"var_quantization": 4}, "var_quantization must be 8, 16 or None"),
+        ({"var_quantization": True}, "var_quantization must be 8, 16 or None"),
+        ({"compression": 0}, "compression must be None"),
+        ({"compression": 11}, "compression must be None"),
+        ({"layout": "names"}, "layout must be 'name'"),
+        ({"max_bytes": "lots"}, "max_bytes='lots' is not a size"),
+        ({"memory_budget": -5}, "memory_budget must be positive"),
+        ({"n_jobs": 0}, "n_jobs must be a positive integer"),
+        ({"layer": 3}, "layer must be a string"),
+    ],
+)
+def test_bad_options(scrna, tmp_path, kw, pattern):
+    with pytest.raises(errors.InvalidParameterError, match=pattern):
+        export(scrna, tmp_path, **kw)
+    assert_nothing_written(tmp_path)
+
+
+def test_not_an_h5ad(tmp_path):
+    (tmp_path / "x.h5ad").write_text("hello")
+    with pytest.raises(errors.InvalidParameterError, match="not an .h5ad"):
+        cellucid_export.export_h5ad(tmp_path / "x.h5ad", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="No such file"):
+        cellucid_export.export_h5ad(tmp_path / "missing.h5ad", tmp_path / "out")
