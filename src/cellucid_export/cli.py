@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="print the size of an export without writing anything")
     _add_selection(p)
 
+    p = sub.add_parser("demo", help="export scanpy's bundled pbmc68k_reduced (needs scanpy) and inspect it")
+    p.add_argument("out_dir", nargs="?", default="exports/pbmc68k_reduced")
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+
     p = sub.add_parser("inspect", help="summarise an export folder, or one gene of it")
     p.add_argument("export_dir")
     p.add_argument("--gene", action="append", help="print the decoded values of this gene (repeatable)")
@@ -131,6 +135,29 @@ def _inspect(args) -> None:
             print(f"  {v}")
 
 
+def _demo(args) -> None:
+    try:
+        import scanpy as sc
+    except ImportError:
+        raise CellucidExportError(
+            "The demo uses scanpy's bundled pbmc68k_reduced dataset: pip install scanpy (or cellucid-export[scanpy])."
+        ) from None
+    import cellucid_export  # noqa: F401  (registers adata.cellucid)
+
+    adata = sc.datasets.pbmc68k_reduced()
+    print(adata.cellucid.estimate(genes=adata.var.highly_variable))
+    res = adata.cellucid.export(args.out_dir, genes=adata.var.highly_variable, overwrite=args.overwrite)
+    print(res)
+    ex = read_export(res.path)
+    gene = "CD79A" if "CD79A" in ex else ex.gene_ids[0]
+    values = ex.gene(gene)
+    source = adata.raw[:, gene].X.toarray().ravel()
+    print(
+        f"{gene}: largest difference from raw.X after 8-bit quantization {np.abs(values - source).max():.4f} "
+        f"(half a step: {ex.step(gene) / 2:.4f})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -148,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
             )
             print(res)
+        elif args.command == "demo":
+            _demo(args)
         elif args.command == "estimate":
             print(estimate_h5ad(args.h5ad, **_selection_kwargs(args)))
         else:
