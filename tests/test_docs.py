@@ -18,4 +18,6 @@ def test_troubleshooting_messages_exist_in_code():
         # Placeholders in the docs (X, Y, N, M, ...) stand for values formatted into the message.
         parts = [p for p in re.split(r"\b(?:X|Y|N|M)\b|\.\.\.|'lognorm'", message) if p.strip()]
         for part in parts:
-            assert part.strip() in code, f"troubleshooting quotes {message!r}, but {part.strip()!r} is not in the code"
+            assert part.strip() in code, (
+                f"troubleshooting quotes {message!r}, but {part.strip()!r} is not in the code"
+            )
