@@ -470,5 +470,5 @@ class _ColumnSubset(GeneBlockSource):
     def sample_rows(self, n_rows):
         return self.inner.sample_rows(n_rows)[:, self.var_idx]
 
-    def blocks(self, gene_idx, genes_per_block):
-        return self.inner.blocks(self.var_idx[np.asarray(gene_idx)], genes_per_block)
+    def blocks(self, gene_idx, genes_per_block, scratch_dir=None):
+        return self.inner.blocks(self.var_idx[np.asarray(gene_idx)], genes_per_block, scratch_dir)

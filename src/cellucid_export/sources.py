@@ -12,8 +12,10 @@ Memory is bounded by the block size (chosen by :mod:`cellucid_export.plan`) plus
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -73,8 +75,11 @@ class GeneBlockSource:
         """A dense float32 sample of up to ``n_rows`` cells and all genes, read cheaply."""
         raise NotImplementedError
 
-    def blocks(self, gene_idx: np.ndarray, genes_per_block: int) -> Iterator[Block]:
-        """Yield blocks of the genes ``gene_idx`` (in that order), ``genes_per_block`` at a time."""
+    def blocks(self, gene_idx: np.ndarray, genes_per_block: int, scratch_dir=None) -> Iterator[Block]:
+        """Yield blocks of the genes ``gene_idx`` (in that order), ``genes_per_block`` at a time.
+
+        ``scratch_dir`` is where a source may keep temporary files (only on-disk CSR uses it).
+        """
         gene_idx = np.asarray(gene_idx, dtype=np.int64)
         for start in range(0, len(gene_idx), max(1, genes_per_block)):
             yield self._read_genes(gene_idx[start : start + genes_per_block])
@@ -227,33 +232,93 @@ class OnDiskCSR(GeneBlockSource):
         bounds = np.unique(np.concatenate([[0], np.searchsorted(self.indptr, targets), [self._file_rows]]))
         yield from zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
 
-    def _read_genes(self, idx):
-        lut = np.full(self.shape[1], -1, dtype=np.int64)
-        lut[idx] = np.arange(len(idx))
-        rows_out, cols_out, vals_out = [], [], []
+    def _entries(
+        self, block_of: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """One sequential pass: (block id, output row, file column, value) of the stored values kept.
+
+        ``block_of`` maps each file column to its block, or -1 for genes that are not exported.
+        """
         data_ds, ind_ds = self.group["data"], self.group["indices"]
         for r0, r1 in self._chunks():
             a, b = int(self.indptr[r0]), int(self.indptr[r1])
             if a == b:
                 continue
-            cols = lut[ind_ds[a:b]]
+            cols = ind_ds[a:b].astype(np.int64, copy=False)
+            blocks = block_of[cols]
             rows = np.repeat(np.arange(r0, r1, dtype=np.int64), np.diff(self.indptr[r0 : r1 + 1]))
             if self.row_lut is not None:
                 rows = self.row_lut[rows]
-                keep = (cols >= 0) & (rows >= 0)
+                keep = (blocks >= 0) & (rows >= 0)
             else:
-                keep = cols >= 0
+                keep = blocks >= 0
             vals = data_ds[a:b]
-            rows_out.append(rows[keep].astype(np.int32))
-            cols_out.append(cols[keep].astype(np.int32))
-            vals_out.append(vals[keep].astype(np.float32, copy=False))
-        if not vals_out:
-            return sp.csc_matrix((self.shape[0], len(idx)), dtype=np.float32)
+            if keep.all():
+                yield blocks, rows, cols, vals
+            else:
+                yield blocks[keep], rows[keep], cols[keep], vals[keep]
+
+    def _to_csc(self, rows, cols, vals, pos_of: np.ndarray, n_genes: int) -> sp.csc_matrix:
         coo = sp.coo_matrix(
-            (np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))),
-            shape=(self.shape[0], len(idx)),
+            (vals.astype(np.float32, copy=False), (rows.astype(np.int32), pos_of[cols].astype(np.int32))),
+            shape=(self.shape[0], n_genes),
         )
         return _csc_f32(coo)
+
+    def _read_genes(self, idx):
+        block_of = np.full(self.shape[1], -1, dtype=np.int64)
+        block_of[idx] = 0
+        pos_of = np.zeros(self.shape[1], dtype=np.int64)
+        pos_of[idx] = np.arange(len(idx))
+        parts = list(self._entries(block_of))
+        if not parts:
+            return sp.csc_matrix((self.shape[0], len(idx)), dtype=np.float32)
+        rows, cols, vals = (np.concatenate([p[k] for p in parts]) for k in (1, 2, 3))
+        del parts
+        return self._to_csc(rows, cols, vals, pos_of, len(idx))
+
+    def blocks(self, gene_idx, genes_per_block, scratch_dir=None):
+        """Blocks of genes; several blocks cost one pass over the file plus a scratch copy of their values.
+
+        A CSR file stores cells, not genes, so every block would otherwise need a full pass. With more than
+        one block the stored values of the selected genes are sorted into per-block scratch files in a
+        single pass (about 12 bytes per value, in ``scratch_dir`` or the system temporary folder), then each
+        block is loaded from its own file.
+        """
+        gene_idx = np.asarray(gene_idx, dtype=np.int64)
+        genes_per_block = max(1, genes_per_block)
+        if len(gene_idx) <= genes_per_block:
+            yield self._read_genes(gene_idx)
+            return
+        n_blocks = -(-len(gene_idx) // genes_per_block)
+        block_of = np.full(self.shape[1], -1, dtype=np.int64)
+        block_of[gene_idx] = np.arange(len(gene_idx)) // genes_per_block
+        pos_of = np.zeros(self.shape[1], dtype=np.int64)
+        pos_of[gene_idx] = np.arange(len(gene_idx)) % genes_per_block
+        with tempfile.TemporaryDirectory(prefix="cellucid-export-", dir=scratch_dir) as tmp:
+            paths = [Path(tmp) / f"block{b}.bin" for b in range(n_blocks)]
+            handles = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below, together
+            try:
+                for blocks, rows, cols, vals in self._entries(block_of):
+                    order = np.argsort(blocks, kind="stable")
+                    bounds = np.concatenate([[0], np.cumsum(np.bincount(blocks, minlength=n_blocks))])
+                    rec = np.empty(len(order), dtype=_SPILL)
+                    rec["row"], rec["col"], rec["val"] = rows[order], cols[order], vals[order]
+                    for b in np.flatnonzero(np.diff(bounds)):
+                        handles[b].write(rec[bounds[b] : bounds[b + 1]].tobytes())
+            finally:
+                for h in handles:
+                    h.close()
+            for b, path in enumerate(paths):
+                rec = np.fromfile(path, dtype=_SPILL)
+                path.unlink()
+                n = min(genes_per_block, len(gene_idx) - b * genes_per_block)
+                yield self._to_csc(rec["row"], rec["col"], rec["val"], pos_of, n)
+                del rec
+
+
+#: One stored value in a scratch file: output row, file column, value.
+_SPILL = np.dtype([("row", "<i4"), ("col", "<i4"), ("val", "<f4")])
 
 
 class OnDiskCSC(GeneBlockSource):
