@@ -100,3 +100,18 @@ def test_dequantize_marks_missing(bits):
     codes = np.array([0, STEPS[bits], MARKER[bits]], dtype=f"uint{bits}")
     out = dequantize(codes, -1.0, 1.0, bits)
     assert out[0] == -1.0 and out[1] == 1.0 and np.isnan(out[2])
+
+
+def test_chunked_quantization_matches_one_chunk(monkeypatch):
+    from cellucid_export import quantize
+
+    rng = np.random.default_rng(5)
+    x = sp.random(300, 50, density=0.1, format="csc", dtype=np.float32, random_state=rng)
+    x.data[::17] = np.nan
+    whole = quantize_block(x, 8, constant_plus_one=True)
+    monkeypatch.setattr(quantize, "QUANTIZE_CHUNK_NNZ", 7)
+    pieces = quantize_block(x, 8, constant_plus_one=True)
+    np.testing.assert_array_equal(whole.payload, pieces.payload)
+    np.testing.assert_array_equal(whole.lo, pieces.lo)
+    np.testing.assert_array_equal(whole.hi, pieces.hi)
+    np.testing.assert_array_equal(whole.n_nan, pieces.n_nan)

@@ -178,10 +178,11 @@ def check_plan(plan: ExportPlan, target: os.PathLike, max_bytes: int | None) -> 
 def genes_per_block(n_cells: int, nnz_fraction: float, sparse: bool, bits: int | None, budget: int) -> int:
     """How many genes one block may hold within ``budget`` bytes of working memory.
 
-    Per gene, a sparse block holds about 40 bytes per stored value (values, rows and columns while
-    reading, the CSC copy and float64 temporaries while quantizing) plus the dense payload; a dense
-    block holds the float32 values, float64 temporaries and the payload.
+    Per gene, a sparse block holds about 32 bytes per stored value while it is assembled (row, column
+    and value arrays, then the CSC copy) plus the dense payload (``n_cells`` codes); a dense block holds
+    the float32 values, the float64 temporaries of quantization and the payload. Read chunks and
+    quantization temporaries are bounded separately (about 60 and 40 MB).
     """
     out = n_cells * _ITEMSIZE[bits]
-    per_gene = n_cells * nnz_fraction * 40 + out if sparse else n_cells * 22 + out
+    per_gene = n_cells * nnz_fraction * 32 + out if sparse else n_cells * 22 + out
     return int(max(1, budget // max(1.0, per_gene)))

@@ -97,39 +97,62 @@ def _segment_reduce(ufunc, data, indptr, counts, empty):
     return out
 
 
+#: Stored values quantized at a time: bounds the float64 temporaries (about 40 bytes per value).
+QUANTIZE_CHUNK_NNZ = 1_000_000
+
+
+def _gene_ranges(indptr: np.ndarray, max_nnz: int):
+    """Consecutive gene ranges holding at most ``max_nnz`` stored values each (at least one gene)."""
+    n, g0 = len(indptr) - 1, 0
+    while g0 < n:
+        g1 = int(np.searchsorted(indptr, indptr[g0] + max_nnz, side="right")) - 1
+        g1 = min(n, max(g1, g0 + 1))
+        yield g0, g1
+        g0 = g1
+
+
 def _quantize_csc(block: sp.csc_matrix, bits: int | None, constant_plus_one: bool) -> QuantizedBlock:
     n_cells, n_genes = block.shape
     block.sort_indices()
-    data = block.data.astype(np.float32, copy=False)
     indptr = block.indptr.astype(np.int64)
-    counts = np.diff(indptr)
-    gene_of = np.repeat(np.arange(n_genes), counts)
-    nan = np.isnan(data)
-    valid = np.isfinite(data)
-    n_nan = np.bincount(gene_of[nan], minlength=n_genes)
-    n_inf = np.bincount(gene_of[~valid], minlength=n_genes) - n_nan
+    dtype = _DTYPES[bits]
+    payload = np.zeros((n_genes, n_cells), dtype) if bits is None else np.empty((n_genes, n_cells), dtype)
+    n_nan = np.zeros(n_genes, np.int64)
+    n_inf = np.zeros(n_genes, np.int64)
+    lo = np.zeros(n_genes, np.float32)
+    hi = np.zeros(n_genes, np.float64)
+    for g0, g1 in _gene_ranges(indptr, QUANTIZE_CHUNK_NNZ):
+        a, b = indptr[g0], indptr[g1]
+        data = block.data[a:b].astype(np.float32, copy=False)
+        rows = block.indices[a:b]
+        counts = np.diff(indptr[g0 : g1 + 1])
+        k = g1 - g0
+        gene_of = np.repeat(np.arange(k), counts)
+        nan = np.isnan(data)
+        valid = np.isfinite(data)
+        n_nan[g0:g1] = np.bincount(gene_of[nan], minlength=k)
+        n_inf[g0:g1] = np.bincount(gene_of[~valid], minlength=k) - n_nan[g0:g1]
+        if bits is None:
+            payload[g0 + gene_of, rows] = data
+            continue
+        has_zero = counts < n_cells  # implicit zeros are ordinary values
+        local_ptr = indptr[g0 : g1 + 1] - a
+        vmin = _segment_reduce(np.minimum, np.where(valid, data, np.inf), local_ptr, counts, np.inf)
+        vmax = _segment_reduce(np.maximum, np.where(valid, data, -np.inf), local_ptr, counts, -np.inf)
+        vmin = np.where(has_zero, np.minimum(vmin, 0.0), vmin)
+        vmax = np.where(has_zero, np.maximum(vmax, 0.0), vmax)
+        any_valid = np.isfinite(vmin)
+        glo, ghi = _bounds(vmin, vmax, any_valid, constant_plus_one)
+        lo[g0:g1], hi[g0:g1] = glo, ghi
+        scale = _scale(glo, np.where(any_valid, vmax, 0).astype(np.float32), bits)
+        lo64 = glo.astype(np.float64)
+        payload[g0:g1] = _codes(np.zeros(k, np.float32), lo64, scale, bits)[:, None]
+        filled = np.where(valid, data, glo[gene_of])
+        nz = _codes(filled, lo64[gene_of], scale[gene_of], bits)
+        nz[~valid] = MARKER[bits]
+        payload[g0 + gene_of, rows] = nz
     if bits is None:
-        payload = np.zeros((n_genes, n_cells), np.float32)
-        payload[gene_of, block.indices] = data
         return QuantizedBlock(payload, None, None, n_nan, n_inf)
-
-    has_zero = counts < n_cells  # implicit zeros are ordinary values
-    vmin = _segment_reduce(np.minimum, np.where(valid, data, np.inf), indptr, counts, np.inf)
-    vmax = _segment_reduce(np.maximum, np.where(valid, data, -np.inf), indptr, counts, -np.inf)
-    vmin = np.where(has_zero, np.minimum(vmin, 0.0), vmin)
-    vmax = np.where(has_zero, np.maximum(vmax, 0.0), vmax)
-    any_valid = np.isfinite(vmin)
-    lo, hi = _bounds(vmin, vmax, any_valid, constant_plus_one)
-    scale = _scale(lo, np.where(any_valid, vmax, 0).astype(np.float32), bits)
-    lo64 = lo.astype(np.float64)
-
-    zero_code = _codes(np.zeros(n_genes, np.float32), lo64, scale, bits)
-    payload = np.empty((n_genes, n_cells), _DTYPES[bits])
-    payload[:] = zero_code[:, None]
-    filled = np.where(valid, data, lo[gene_of])
-    nz = _codes(filled, lo64[gene_of], scale[gene_of], bits)
-    nz[~valid] = MARKER[bits]
-    payload[gene_of, block.indices] = nz
     return QuantizedBlock(payload, lo, hi, n_nan, n_inf)
 
 

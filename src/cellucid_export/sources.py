@@ -23,8 +23,8 @@ import scipy.sparse as sp
 
 __all__ = ["GeneBlockSource", "open_source"]
 
-#: Stored values read from disk per chunk when streaming a CSR file (about 100 MB of I/O buffers).
-READ_CHUNK_NNZ = 8_000_000
+#: Stored values read from disk per chunk when streaming a CSR file (about 60 MB of working buffers).
+READ_CHUNK_NNZ = 2_000_000
 #: Bytes of a dense on-disk row slab.
 READ_CHUNK_BYTES = 64 * 2**20
 
@@ -183,7 +183,7 @@ def _row_lut(obs_idx: np.ndarray | None, n_rows: int) -> np.ndarray | None:
     """Map file rows to output rows (-1 for cells outside the subset)."""
     if obs_idx is None:
         return None
-    lut = np.full(n_rows, -1, dtype=np.int64)
+    lut = np.full(n_rows, -1, dtype=np.int32)
     lut[obs_idx] = np.arange(len(obs_idx))
     return lut
 
@@ -244,9 +244,9 @@ class OnDiskCSR(GeneBlockSource):
             a, b = int(self.indptr[r0]), int(self.indptr[r1])
             if a == b:
                 continue
-            cols = ind_ds[a:b].astype(np.int64, copy=False)
+            cols = ind_ds[a:b]
             blocks = block_of[cols]
-            rows = np.repeat(np.arange(r0, r1, dtype=np.int64), np.diff(self.indptr[r0 : r1 + 1]))
+            rows = np.repeat(np.arange(r0, r1, dtype=np.int32), np.diff(self.indptr[r0 : r1 + 1]))
             if self.row_lut is not None:
                 rows = self.row_lut[rows]
                 keep = (blocks >= 0) & (rows >= 0)
@@ -266,9 +266,9 @@ class OnDiskCSR(GeneBlockSource):
         return _csc_f32(coo)
 
     def _read_genes(self, idx):
-        block_of = np.full(self.shape[1], -1, dtype=np.int64)
+        block_of = np.full(self.shape[1], -1, dtype=np.int32)
         block_of[idx] = 0
-        pos_of = np.zeros(self.shape[1], dtype=np.int64)
+        pos_of = np.zeros(self.shape[1], dtype=np.int32)
         pos_of[idx] = np.arange(len(idx))
         parts = list(self._entries(block_of))
         if not parts:
@@ -291,9 +291,9 @@ class OnDiskCSR(GeneBlockSource):
             yield self._read_genes(gene_idx)
             return
         n_blocks = -(-len(gene_idx) // genes_per_block)
-        block_of = np.full(self.shape[1], -1, dtype=np.int64)
+        block_of = np.full(self.shape[1], -1, dtype=np.int32)
         block_of[gene_idx] = np.arange(len(gene_idx)) // genes_per_block
-        pos_of = np.zeros(self.shape[1], dtype=np.int64)
+        pos_of = np.zeros(self.shape[1], dtype=np.int32)
         pos_of[gene_idx] = np.arange(len(gene_idx)) % genes_per_block
         with tempfile.TemporaryDirectory(prefix="cellucid-export-", dir=scratch_dir) as tmp:
             paths = [Path(tmp) / f"block{b}.bin" for b in range(n_blocks)]
