@@ -83,13 +83,13 @@ def test_coo_is_read_like_csr(adata):
 
 def test_backed_sources_are_streamed(adata, h5ads):
     with h5py.File(h5ads["csr"]) as f:
-        assert isinstance(sources.open_source(f["X"]), sources.OnDiskCSR)
+        assert isinstance(sources.open_source(f["X"]), sources.StreamedCSR)
     with h5py.File(h5ads["csc"]) as f:
         assert isinstance(sources.open_source(f["X"]), sources.OnDiskCSC)
     with h5py.File(h5ads["dense"]) as f:
         assert isinstance(sources.open_source(f["X"]), sources.OnDiskDense)
     backed = ad.read_h5ad(h5ads["csr"], backed="r")
-    assert isinstance(sources.open_source(backed.X), sources.OnDiskCSR)
+    assert isinstance(sources.open_source(backed.X), sources.StreamedCSR)
 
 
 def test_budget_and_threads_do_not_change_bytes(h5ads, tmp_path, monkeypatch):
@@ -99,13 +99,13 @@ def test_budget_and_threads_do_not_change_bytes(h5ads, tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "READ_CHUNK_NNZ", 97)
     monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 4096)
     passes = []
-    real_entries = sources.OnDiskCSR._entries
+    real_entries = sources.StreamedCSR._entries
 
     def counting_entries(self, *a, **k):
         passes.append(1)
         return real_entries(self, *a, **k)
 
-    monkeypatch.setattr(sources.OnDiskCSR, "_entries", counting_entries)
+    monkeypatch.setattr(sources.StreamedCSR, "_entries", counting_entries)
     for kind in ("csr", "csc", "dense"):
         for n_jobs in (1, 3):
             with h5py.File(h5ads[kind]) as f:

@@ -122,7 +122,7 @@ class InMemoryDense(GeneBlockSource):
 
 
 class InMemorySparse(GeneBlockSource):
-    """A scipy sparse matrix or array held in memory (COO is converted to CSC once)."""
+    """A CSC (or other non-CSR) scipy sparse matrix or array in memory; COO etc. become CSC once."""
 
     def __init__(self, x, obs_idx=None):
         if x.format not in ("csr", "csc"):
@@ -188,20 +188,21 @@ def _row_lut(obs_idx: np.ndarray | None, n_rows: int) -> np.ndarray | None:
     return lut
 
 
-class OnDiskCSR(GeneBlockSource):
-    """A CSR matrix in an HDF5 group (``data``, ``indices``, ``indptr``), streamed in row chunks.
+class StreamedCSR(GeneBlockSource):
+    """A CSR matrix streamed in row chunks: an HDF5 group on disk, or the arrays of one in memory.
 
-    Each block needs one sequential pass over the stored values; blocks are sized so that a typical
-    export fits in one block, hence one pass.
+    ``group`` is anything holding ``data``, ``indices`` and ``indptr`` that slices like an array.
+    A CSR matrix stores cells, not genes, so reading a gene means scanning every cell: one block is
+    one sequential pass; more blocks are sorted into scratch files in that same single pass.
     """
 
-    def __init__(self, group: h5py.Group, shape, obs_idx=None):
+    def __init__(self, group, shape, obs_idx=None, kind: str = "on-disk CSR"):
         self.group = group
         self.indptr = group["indptr"][...].astype(np.int64)
         obs_idx = _as_index(obs_idx, shape[0])
         self.row_lut = _row_lut(obs_idx, shape[0])
         n = shape[0] if obs_idx is None else len(obs_idx)
-        super().__init__((n, shape[1]), "on-disk CSR", obs_idx)
+        super().__init__((n, shape[1]), kind, obs_idx)
         self._file_rows = shape[0]
 
     @property
@@ -218,7 +219,7 @@ class OnDiskCSR(GeneBlockSource):
         if len(rows) == 0:
             return np.zeros((0, self.shape[1]), np.float32)
         lo, hi = int(rows.min()), int(rows.max()) + 1
-        a, b = self.indptr[lo], self.indptr[hi]
+        a, b = int(self.indptr[lo]), int(self.indptr[hi])
         m = sp.csr_matrix(
             (self.group["data"][a:b], self.group["indices"][a:b], self.indptr[lo : hi + 1] - a),
             shape=(hi - lo, self.shape[1]),
@@ -435,10 +436,14 @@ def open_source(x, obs_idx=None) -> GeneBlockSource:
         x = group
     if isinstance(x, h5py.Group):
         shape = _h5_group_shape(x)
-        cls = OnDiskCSC if _h5_group_format(x) == "csc" else OnDiskCSR
+        cls = OnDiskCSC if _h5_group_format(x) == "csc" else StreamedCSR
         return cls(x, shape, obs_idx)
     if isinstance(x, h5py.Dataset):
         return OnDiskDense(x, obs_idx)
+    if sp.issparse(x) and x.format == "csr":
+        # Streamed like a file: selecting columns of a CSR matrix costs a full scan per block otherwise.
+        arrays = {"data": x.data, "indices": x.indices, "indptr": x.indptr}
+        return StreamedCSR(arrays, x.shape, obs_idx, kind="in-memory sparse CSR")
     if sp.issparse(x):
         return InMemorySparse(x, obs_idx)
     if type(x).__module__.startswith("dask"):
