@@ -12,6 +12,12 @@ import scipy.sparse as sp
 import cellucid_export  # noqa: F401  (registers adata.cellucid)
 
 
+@pytest.fixture(autouse=True)
+def _fixed_created_at(monkeypatch):
+    # dataset_identity.json records when it was written; a fixed time keeps exports byte-comparable.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+
+
 @pytest.fixture(scope="session")
 def pbmc_master():
     import scanpy as sc

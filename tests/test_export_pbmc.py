@@ -25,7 +25,8 @@ def test_auto_picks_raw_and_realigns_hvg_mask(pbmc, tmp_path, caplog):
     assert "negative" in res.source_reason and "log-normalised" in res.source_reason
     assert "raw.X" in caplog.text  # the choice is reported to the user
     assert res.n_genes == int(hvg.sum())
-    assert res.n_files == res.n_genes + 1
+    assert res.n_files == sum(1 for p in res.path.rglob("*") if p.is_file())
+    assert res.viewer_ready and res.embeddings == {2: "X_umap"}
 
     ex = cellucid_export.read_export(res.path)
     assert ex.gene_ids == list(pbmc.var_names[hvg.to_numpy()])

@@ -12,7 +12,7 @@ from tests.conftest import folder_digest, make_scrna
 import cellucid_export
 from cellucid_export import sources
 
-OPTS = {"layer": "X", "progress": False}
+OPTS = {"layer": "X", "progress": False, "dataset_name": "scrna"}  # the default name is the folder's
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +48,23 @@ def test_all_sources_byte_identical(adata, h5ads, tmp_path, bits):
     kw = {**OPTS, "genes": GENES, "var_quantization": bits}
     reference = folder_digest(adata.cellucid.export(tmp_path / "mem-csr", **kw).path)
     variants = {
-        "mem-csc": lambda p: ad.AnnData(sp.csc_matrix(adata.X), obs=adata.obs, var=adata.var).cellucid.export(
-            p, **kw
-        ),
-        "mem-csr-array": lambda p: ad.AnnData(
-            sp.csr_array(adata.X), obs=adata.obs, var=adata.var
+        "mem-csc": lambda p: ad.AnnData(
+            sp.csc_matrix(adata.X), obs=adata.obs, var=adata.var, obsm=adata.obsm
         ).cellucid.export(p, **kw),
-        "mem-dense": lambda p: ad.AnnData(adata.X.toarray(), obs=adata.obs, var=adata.var).cellucid.export(
-            p, **kw
-        ),
+        "mem-csr-array": lambda p: ad.AnnData(
+            sp.csr_array(adata.X), obs=adata.obs, var=adata.var, obsm=adata.obsm
+        ).cellucid.export(p, **kw),
+        "mem-dense": lambda p: ad.AnnData(
+            adata.X.toarray(), obs=adata.obs, var=adata.var, obsm=adata.obsm
+        ).cellucid.export(p, **kw),
         "dask-dense": lambda p: ad.AnnData(
-            da.from_array(adata.X.toarray(), chunks=(128, 32)), obs=adata.obs, var=adata.var
+            da.from_array(adata.X.toarray(), chunks=(128, 32)), obs=adata.obs, var=adata.var, obsm=adata.obsm
         ).cellucid.export(p, **kw),
         "dask-sparse": lambda p: ad.AnnData(
-            da.from_array(adata.X, chunks=(128, 80), asarray=False), obs=adata.obs, var=adata.var
+            da.from_array(adata.X, chunks=(128, 80), asarray=False),
+            obs=adata.obs,
+            var=adata.var,
+            obsm=adata.obsm,
         ).cellucid.export(p, **kw),
     }
     for kind, path in h5ads.items():

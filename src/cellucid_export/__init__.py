@@ -1,4 +1,4 @@
-"""Export gene expression from AnnData to the Cellucid web viewer.
+"""Export AnnData to the Cellucid web viewer: embeddings, cell metadata, graph and gene expression.
 
 Importing this package registers the ``adata.cellucid`` namespace::
 
@@ -12,10 +12,13 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import errors
 from .accessor import CellucidAccessor
+from .catalog import write_catalog
+from .dataset import DatasetError
 from .errors import CellucidExportError, CellucidExportWarning
 from .export import ExportResult, estimate_h5ad, export_h5ad
 from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, ExportPlan
 from .reader import Export, read_export
+from .validate import validate
 
 try:
     __version__ = version("cellucid-export")
@@ -28,6 +31,7 @@ __all__ = [
     "CellucidAccessor",
     "CellucidExportError",
     "CellucidExportWarning",
+    "DatasetError",
     "Export",
     "ExportPlan",
     "ExportResult",
@@ -35,4 +39,6 @@ __all__ = [
     "estimate_h5ad",
     "export_h5ad",
     "read_export",
+    "validate",
+    "write_catalog",
 ]

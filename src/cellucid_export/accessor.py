@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -43,8 +44,24 @@ class CellucidAccessor:
         progress: bool = True,
         memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
         n_jobs: int | None = None,
+        dataset_name: str | None = None,
+        dataset_id: str | None = None,
+        description: str | None = None,
+        source: str | Mapping[str, str] | None = None,
+        created_at: str | datetime | None = None,
+        embeddings: str | Sequence[str] | Mapping[int, str] | bool | None = None,
+        obs_keys: str | Sequence[str] | None = None,
+        latent_key: str = "X_pca",
+        connectivities: str | None = "connectivities",
+        vector_fields: str | Sequence[str] | bool | None = None,
+        obs_continuous_quantization: int | None = None,
+        obs_categorical_dtype: str = "auto",
+        centroid_outlier_quantile: float = 0.95,
+        centroid_min_points: int = 10,
     ) -> ExportResult:
-        """Write one file per gene plus ``var_manifest.json`` for the Cellucid viewer.
+        """Write a viewer-ready dataset: points, cell metadata, graph, genes and the dataset identity.
+
+        See ``docs/dataset.md`` for the files and ``docs/export.md`` for the gene options.
 
         Parameters
         ----------
@@ -84,11 +101,43 @@ class CellucidAccessor:
         n_jobs
             Threads compressing genes in parallel; ``None`` uses all cores. The output bytes do not depend
             on it.
+        dataset_name
+            The name the viewer shows (default: the name of ``out_dir``).
+        dataset_id
+            The dataset's id in URLs and ``datasets.json`` (default: derived from ``dataset_name``, e.g.
+            ``"pbmc-68k-reduced"``): letters, digits, ``.``, ``_``, ``-``.
+        description
+            Free text shown with the dataset (default empty).
+        source
+            Where the data comes from: a name, or ``{"name", "url", "citation"}``.
+        created_at
+            Timestamp written in the identity (default: now, or ``$SOURCE_DATE_EPOCH`` when set).
+        embeddings
+            ``obsm`` keys drawn as ``points_{1,2,3}d``. Default: every 1-3 column ``X_*`` entry that is not a
+            latent space (``X_umap``, ``X_tsne``, ``X_draw_graph_fa``...); when two share a dimension UMAP
+            wins and the other is reported. A list, or ``{2: "X_tsne"}``, chooses; ``False`` writes genes only.
+        obs_keys
+            Obs columns to export (default: every column the viewer can show; the rest are reported).
+        latent_key
+            ``obsm`` space in which each cell's distance to its category is measured (``"X_pca"``; without
+            it the highest-dimensional embedding is used, and the log says so).
+        connectivities
+            ``obsp`` graph drawn as edges (default ``"connectivities"`` when present); ``None`` disables.
+        vector_fields
+            ``obsm`` vectors drawn over an embedding (default: entries like ``velocity_umap`` aligned with an
+            exported ``X_umap``); ``False`` disables.
+        obs_continuous_quantization
+            ``None`` (float32, default), 8 or 16 bits for continuous obs values and outlier quantiles.
+        obs_categorical_dtype
+            ``"auto"`` (uint8 up to 254 categories, else uint16), ``"uint8"`` or ``"uint16"``.
+        centroid_outlier_quantile, centroid_min_points
+            Category label positions ignore the cells beyond this distance quantile (0.95); categories with
+            fewer than ``centroid_min_points`` (10) cells get no label and no outlier quantiles.
 
         Returns
         -------
         :class:`~cellucid_export.ExportResult` with the path, counts, bytes written, the matrix used and
-        why, and the genes that held NaN/Inf.
+        why, the genes that held NaN/Inf, and what else was exported (embeddings, obs fields, edges).
 
         """
         return export_parts(
@@ -105,6 +154,20 @@ class CellucidAccessor:
             progress=progress,
             memory_budget=memory_budget,
             n_jobs=n_jobs,
+            dataset_name=dataset_name,
+            dataset_id=dataset_id,
+            description=description,
+            source=source,
+            created_at=created_at,
+            embeddings=embeddings,
+            obs_keys=obs_keys,
+            latent_key=latent_key,
+            connectivities=connectivities,
+            vector_fields=vector_fields,
+            obs_continuous_quantization=obs_continuous_quantization,
+            obs_categorical_dtype=obs_categorical_dtype,
+            centroid_outlier_quantile=centroid_outlier_quantile,
+            centroid_min_points=centroid_min_points,
         )
 
     def estimate(

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from ._logging import logger
 from .codec import get_codec
-from .errors import CellucidExportWarning, InvalidParameterError
+from .dataset import DatasetPlan, log_plan, resolve_dataset, write_dataset
+from .errors import CellucidExportError, CellucidExportWarning, InvalidParameterError
 from .inputs import check_h5ad_path, parts_from_h5ad
 from .plan import (
     DEFAULT_MAX_BYTES,
@@ -68,6 +69,20 @@ class ExportResult:
         The size plan made before writing.
     seconds
         Wall time.
+    viewer_ready
+        True when the folder opens in the viewer (it has an embedding, the identity and the obs manifest).
+    dataset_id
+        The id written in ``dataset_identity.json`` (None when only genes were written).
+    embeddings
+        Dimension -> the ``obsm`` key exported as ``points_{d}d.bin``.
+    obs_fields
+        Exported obs columns, in the order the viewer lists them (continuous first, then categorical).
+    skipped_obs
+        Obs columns left out, with the reason.
+    n_edges
+        Undirected graph edges exported (None without a graph).
+    vector_fields
+        Exported vector fields (e.g. ``velocity_umap``).
 
     """
 
@@ -83,6 +98,13 @@ class ExportResult:
     nonfinite_genes: dict[str, str] = field(default_factory=dict)
     plan: ExportPlan | None = field(default=None, repr=False)
     seconds: float = 0.0
+    viewer_ready: bool = False
+    dataset_id: str | None = None
+    embeddings: dict[int, str] = field(default_factory=dict)
+    obs_fields: list[str] = field(default_factory=list)
+    skipped_obs: dict[str, str] = field(default_factory=dict)
+    n_edges: int | None = None
+    vector_fields: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         lines = [
@@ -91,6 +113,15 @@ class ExportResult:
             f"  {self.n_files:,} files, {format_bytes(self.bytes_written)} on disk, layout={self.layout!r}, "
             f"var_quantization={self.var_quantization}, compression={self.compression}, {self.seconds:.1f} s",
         ]
+        if self.viewer_ready:
+            emb = ", ".join(f"{d}-D {k}" for d, k in self.embeddings.items())
+            lines.append(
+                f"  dataset {self.dataset_id!r}: {emb}; {len(self.obs_fields)} obs fields"
+                + (f"; {self.n_edges:,} graph edges" if self.n_edges is not None else "")
+                + (f"; vectors {', '.join(self.vector_fields)}" if self.vector_fields else "")
+            )
+        else:
+            lines.append("  genes only: not viewer-openable (no embedding)")
         if self.nonfinite_genes:
             lines.append(
                 f"  genes with NaN/Inf: {', '.join(list(self.nonfinite_genes)[:10])}"
@@ -252,8 +283,13 @@ def export_parts(
     progress=True,
     memory_budget=DEFAULT_MEMORY_BUDGET,
     n_jobs=None,
+    **dataset_options,
 ) -> ExportResult:
-    """Export gene expression from resolved AnnData parts (see :meth:`CellucidAccessor.export`)."""
+    """Export a dataset from resolved AnnData parts (see :meth:`CellucidAccessor.export`).
+
+    ``dataset_options`` are the keyword arguments of :func:`~cellucid_export.dataset.resolve_dataset`
+    (``dataset_name``, ``embeddings``, ``obs_keys``, ``connectivities``...).
+    """
     t0 = time.perf_counter()
     check_options(var_quantization, compression, layout)
     max_bytes = parse_bytes(max_bytes, "max_bytes")
@@ -264,6 +300,7 @@ def export_parts(
     target = Path(out_dir)
     check_target(target.absolute(), overwrite)
     sel = resolve(parts, layer=layer, genes=genes, gene_id_column=gene_id_column, layout=layout)
+    dataset = resolve_dataset(parts, layout=layout, target=target.absolute(), **dataset_options)
     plan = _plan(sel, var_quantization, compression)
     check_plan(plan, target, max_bytes)
     logger.info(f"exporting {sel.source_name}: {sel.reason}.")
@@ -271,6 +308,7 @@ def export_parts(
         f"{len(sel.gene_ids):,} genes ({sel.notes[0]}) x {sel.n_cells:,} cells, "
         f"{format_bytes(plan.payload_bytes)} before compression."
     )
+    log_plan(dataset)
     with StagingFolder(target, overwrite=overwrite) as stage:
         written, _manifest, nonfinite = write_genes(
             stage.path,
@@ -282,12 +320,31 @@ def export_parts(
             n_jobs=jobs,
             progress=progress,
         )
+        more, _identity = write_dataset(
+            stage.path,
+            dataset,
+            layout=layout,
+            n_genes=len(sel.gene_ids),
+            compression=compression,
+            var_quantization=var_quantization,
+        )
+        written += more
+        _guard(stage.path, dataset)
+        n_files = sum(1 for p in stage.path.rglob("*") if p.is_file())
         stage.publish()
     _warn_nonfinite(nonfinite, var_quantization, sel.n_cells)
+    if not dataset.viewer_ready:
+        warnings.warn(
+            f"{target} holds gene expression only and is not viewer-openable: the AnnData has no embedding "
+            "to draw (an obsm entry such as 'X_umap' with 1, 2 or 3 columns). Compute one (sc.pp.neighbors(adata); "
+            "sc.tl.umap(adata)) or name it with embeddings=, then export again.",
+            CellucidExportWarning,
+            stacklevel=3,
+        )
     return ExportResult(
         path=target,
         n_genes=len(sel.gene_ids),
-        n_files=plan.n_files,
+        n_files=n_files,
         bytes_written=written,
         source=sel.source_name,
         source_reason=sel.reason,
@@ -297,7 +354,27 @@ def export_parts(
         nonfinite_genes=nonfinite,
         plan=plan,
         seconds=time.perf_counter() - t0,
+        viewer_ready=dataset.viewer_ready,
+        dataset_id=dataset.dataset_id if dataset.viewer_ready else None,
+        embeddings=dict(dataset.embeddings),
+        obs_fields=[f.key for f in dataset.obs_fields if f.kind == "continuous"]
+        + [f.key for f in dataset.obs_fields if f.kind == "category"],
+        skipped_obs=dict(dataset.skipped_obs),
+        n_edges=dataset.n_edges,
+        vector_fields=list(dataset.vectors),
     )
+
+
+def _guard(folder: Path, dataset: DatasetPlan) -> None:
+    """Check the staged folder against the format before publishing it: a failure here is a bug of ours."""
+    from .validate import validate
+
+    problems = validate(folder, genes_only=not dataset.viewer_ready)
+    if problems:
+        raise CellucidExportError(
+            "The export did not pass its own check, so nothing was published (this is a bug in "
+            "cellucid-export; please report it with these lines):\n  - " + "\n  - ".join(problems)
+        )
 
 
 def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -> ExportResult:

@@ -24,9 +24,26 @@ def _index_array(idx, n: int) -> np.ndarray:
     return np.arange(n)[idx] if isinstance(idx, slice) else np.asarray(idx)
 
 
+def _shapes(mapping) -> dict[str, tuple[int, ...]]:
+    return {str(k): tuple(getattr(v, "shape", ())) for k, v in mapping.items()}
+
+
+def _metadata_from_anndata(adata: AnnData) -> dict:
+    """obs, obsm and obsp getters; AnnData keeps these in memory (views already subset them)."""
+    return {
+        "obs_columns": list(adata.obs.columns),
+        "obs_column": lambda k: adata.obs[k],
+        "obsm_shapes": _shapes(adata.obsm),
+        "obsm": lambda k: adata.obsm[k],
+        "obsp_keys": list(adata.obsp.keys()),
+        "obsp": lambda k: adata.obsp[k],
+    }
+
+
 def parts_from_anndata(adata: AnnData) -> AnnDataParts:
     """Describe an in-memory, backed, or view AnnData without reading its matrices."""
     raw = adata.raw
+    meta = _metadata_from_anndata(adata)
     if adata.is_view and adata.isbacked:
         # Reading adata.X of a backed view would load the whole subset; read the file instead.
         ref = adata._adata_ref
@@ -42,6 +59,7 @@ def parts_from_anndata(adata: AnnData) -> AnnDataParts:
             raw_X=(lambda: ref_raw.X) if ref_raw is not None else None,
             obs_idx=oidx,
             var_idx=var_idx,
+            **meta,
         )
     return AnnDataParts(
         obs_names=adata.obs_names,
@@ -50,12 +68,38 @@ def parts_from_anndata(adata: AnnData) -> AnnDataParts:
         layers={k: (lambda k=k: adata.layers[k]) for k in adata.layers},
         raw_var=raw.var if raw is not None else None,
         raw_X=(lambda: raw.X) if raw is not None else None,
+        **meta,
     )
 
 
 def _read_index(group: h5py.Group) -> pd.Index:
     name = group.attrs.get("_index", "_index")
     return pd.Index(read_elem(group[name]).astype(str) if name in group else [])
+
+
+def _h5_shape(elem) -> tuple[int, ...]:
+    if isinstance(elem, h5py.Dataset):
+        return tuple(elem.shape)
+    shape = elem.attrs.get("shape")  # sparse matrices; dataframes have none
+    return tuple(int(x) for x in shape) if shape is not None else ()
+
+
+def _metadata_from_h5ad(f: h5py.File) -> dict:
+    """obs, obsm and obsp getters that read one element from the file when asked, and nothing else."""
+    obs = f["obs"]
+    index_name = obs.attrs.get("_index", "_index")
+    order = obs.attrs.get("column-order", [])
+    columns = [str(c) for c in (order.tolist() if hasattr(order, "tolist") else order)]
+    obsm = f.get("obsm", {})
+    obsp = f.get("obsp", {})
+    return {
+        "obs_columns": [c for c in columns if c != index_name],
+        "obs_column": lambda k: pd.Series(read_elem(obs[k]), name=k),
+        "obsm_shapes": {k: _h5_shape(obsm[k]) for k in obsm},
+        "obsm": lambda k: read_elem(f["obsm"][k]),
+        "obsp_keys": list(obsp),
+        "obsp": lambda k: read_elem(f["obsp"][k]),
+    }
 
 
 def parts_from_h5ad(f: h5py.File) -> AnnDataParts:
@@ -75,6 +119,7 @@ def parts_from_h5ad(f: h5py.File) -> AnnDataParts:
         layers={k: (lambda k=k: f["layers"][k]) for k in layers},
         raw_var=raw_var,
         raw_X=(lambda: f["raw/X"]) if "raw/X" in f else None,
+        **_metadata_from_h5ad(f),
     )
 
 

@@ -107,6 +107,15 @@ class AnnDataParts:
     obs_idx: object = None
     #: Maps var positions to matrix columns for X and layers (backed views); None for identity.
     var_idx: np.ndarray | None = None
+    #: Cell metadata, read one column at a time and only when exported.
+    obs_columns: Sequence[str] = ()
+    obs_column: Callable[[str], pd.Series] | None = None
+    #: Shapes of the obsm entries (cheap), and a reader for one entry (cells of a view already applied).
+    obsm_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    obsm: Callable[[str], object] | None = None
+    #: Names of the obsp graphs, and a reader for one of them.
+    obsp_keys: Sequence[str] = ()
+    obsp: Callable[[str], object] | None = None
 
     @property
     def n_obs(self) -> int:
@@ -410,21 +419,27 @@ def safe_name(gene_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", gene_id).strip("._")
 
 
-def check_name_layout(ids: Sequence[str]) -> None:
-    """Refuse ids whose file names would collide, be empty, or be reserved on Windows."""
+def name_layout_problems(ids: Sequence[str], folder: str = "var", suffix: str = ".values.*") -> list[str]:
+    """Why ``ids`` cannot all be file names ``folder/<safe(id)><suffix>`` (empty list when they can)."""
     problems: list[str] = []
     by_safe: dict[str, list[str]] = {}
     for gid in ids:
         by_safe.setdefault(safe_name(gid).lower(), []).append(gid)
     for group in by_safe.values():
         if len(group) > 1:
-            problems.append(f"{_show(group)} all become var/{safe_name(group[0])}.values.*")
+            problems.append(f"{_show(group)} all become {folder}/{safe_name(group[0])}{suffix}")
     empty = [g for g in ids if not safe_name(g)]
     if empty:
         problems.append(f"{_show(empty)} have no usable character for a file name")
     device = [g for g in ids if safe_name(g).split(".")[0].upper() in _WINDOWS_DEVICES]
     if device:
         problems.append(f"{_show(device)} are reserved file names on Windows")
+    return problems
+
+
+def check_name_layout(ids: Sequence[str]) -> None:
+    """Refuse ids whose file names would collide, be empty, or be reserved on Windows."""
+    problems = name_layout_problems(ids)
     if problems:
         raise GeneIdCollisionError(
             "Some gene ids cannot be used as file names in layout='name' (files named after genes; "

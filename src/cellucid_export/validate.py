@@ -1,0 +1,694 @@
+"""Check an export folder against the format, the way the viewer will read it.
+
+:func:`validate` returns a list of problems, each a sentence naming the file and what is wrong;
+an empty list means the viewer will open the folder. Both layouts are checked; which one a folder
+uses is read from its manifests. Every export runs it on its staging folder before publishing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import CREATED_AT, DATASET_ID, MAX_CATEGORIES, index_dtype
+from .quantize import MARKER, STEPS
+from .resolve import _show, name_layout_problems, safe_name
+
+__all__ = ["validate"]
+
+MAX_PAYLOAD = 512 * 2**20
+MAX_MANIFEST = 64 * 2**20
+_DTYPES = {"uint8": "<u1", "uint16": "<u2", "float32": "<f4"}
+_BITS = {"uint8": 8, "uint16": 16}
+IDENTITY_KEYS = ["version", "id", "name", "description", "created_at", "cellucid_data_version", "stats"]
+IDENTITY_KEYS += ["embeddings", "obs_fields"]
+IDENTITY_OPTIONAL = {"export_settings", "source", "vector_fields"}
+STATS_KEYS = {"n_cells", "n_genes", "n_obs_fields", "n_categorical_fields", "n_continuous_fields"}
+STATS_KEYS |= {"has_connectivity", "n_edges"}
+SETTINGS_KEYS = {"compression", "var_quantization", "obs_continuous_quantization", "obs_categorical_dtype"}
+VAR_KEYS = [
+    "_format",
+    "n_points",
+    "var_gene_id_column",
+    "compression",
+    "quantization",
+    "_varSchema",
+    "fields",
+]
+OBS_KEYS = ["_format", "n_points", "centroid_outlier_quantile", "latent_key", "compression", "_obsSchemas"]
+OBS_KEYS += ["_continuousFields", "_categoricalFields"]
+GRAPH_KEYS = {"format", "n_cells", "n_edges", "max_neighbors", "index_bytes", "index_dtype", "sourcesPath"}
+GRAPH_KEYS |= {"destinationsPath", "compression", "weightsPath", "weight_dtype", "weight_bytes"}
+
+
+def gunzip_strict(data: bytes) -> tuple[bytes | None, str | None]:
+    """Decode one gzip member as the viewer requires it; returns (bytes, None) or (None, problem)."""
+    if len(data) < 18 or data[:3] != b"\x1f\x8b\x08":
+        return None, "is not a gzip file although its name ends in .gz"
+    if data[3] & 0xE0:
+        return None, "has reserved gzip header flag bits set"
+    d = zlib.decompressobj(31)
+    try:
+        out = d.decompress(data) + d.flush()
+    except zlib.error as e:
+        return None, f"is a corrupt gzip file ({e})"
+    if not d.eof:
+        return None, "is a truncated gzip file"
+    if d.unused_data:
+        second = " (a second gzip member)" if d.unused_data[:2] == b"\x1f\x8b" else ""
+        return (
+            None,
+            f"has {len(d.unused_data)} bytes after its gzip member{second}; the viewer reads one member only",
+        )
+    if struct.unpack("<I", data[-4:])[0] != len(out) & 0xFFFFFFFF:
+        return None, "has a wrong gzip ISIZE"
+    return out, None
+
+
+class _Folder:
+    def __init__(self, path: Path):
+        self.path = path
+        self.problems: list[str] = []
+        self.declared: set[str] = set()
+
+    def add(self, msg: str) -> None:
+        self.problems.append(msg)
+
+    def json(self, name: str):
+        p = self.path / name
+        self.declared.add(name)
+        if not p.is_file():
+            return None
+        if p.stat().st_size > MAX_MANIFEST:
+            self.add(f"{name} is larger than 64 MiB; the viewer refuses it.")
+            return None
+
+        def refuse(const):
+            raise ValueError(f"non-standard JSON value {const}")
+
+        try:
+            obj = json.loads(p.read_text(encoding="utf-8"), parse_constant=refuse)
+        except (ValueError, UnicodeDecodeError) as e:
+            self.add(f"{name} is not valid JSON ({e}).")
+            return None
+        if not isinstance(obj, dict):
+            self.add(f"{name} must hold a JSON object.")
+            return None
+        return obj
+
+    def keys(self, obj: dict, name: str, required, optional=(), ordered=False) -> None:
+        missing = [k for k in required if k not in obj]
+        extra = [k for k in obj if k not in required and k not in optional]
+        if missing:
+            self.add(f"{name} lacks {_show(missing)}.")
+        if extra:
+            self.add(f"{name} has keys the format does not allow: {_show(extra)}.")
+        if ordered and not missing and not extra and list(obj) != list(required):
+            self.add(f"{name} keys are not in the order the format gives ({', '.join(required)}).")
+
+    def payload(self, rel: str, dtype: str, count: int, compression) -> np.ndarray | None:
+        """Read a declared payload; checks existence, the .gz rule, the gzip envelope and the length."""
+        self.declared.add(rel)
+        p = self.path / rel
+        if rel.endswith(".gz") != bool(compression):
+            self.add(
+                f"{rel}: compression is {compression}, so its name must {'' if compression else 'not '}end in .gz."
+            )
+        if not p.is_file():
+            self.add(f"{rel} is missing.")
+            return None
+        data = p.read_bytes()
+        if rel.endswith(".gz"):
+            data, problem = gunzip_strict(data)
+            if problem:
+                self.add(f"{rel} {problem}.")
+                return None
+        if len(data) > MAX_PAYLOAD:
+            self.add(f"{rel} decodes to more than 512 MiB; the viewer refuses it.")
+        dt = np.dtype(dtype)
+        if len(data) != count * dt.itemsize:
+            self.add(
+                f"{rel} holds {len(data)} bytes after decompression, but {count:,} values of {dt.name} "
+                f"are {count * dt.itemsize} bytes."
+            )
+            return None
+        return np.frombuffer(data, dtype=dt)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _num(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _layout_of(pattern: str) -> str | None:
+    return "index" if "{index}" in pattern else "name" if "{key}" in pattern else None
+
+
+def _check_codes(f: _Folder, rel: str, arr, bits: int, what: str) -> None:
+    if arr is not None and ((arr > STEPS[bits]) & (arr != MARKER[bits])).any():
+        f.add(f"{rel} holds codes above {STEPS[bits]} that are not the missing marker ({what}).")
+
+
+def _check_bounds(f: _Folder, where: str, bounds, layout: str) -> None:
+    if len(bounds) != 2 or not all(_num(b) for b in bounds):
+        f.add(f"{where} needs finite min and max values.")
+    elif bounds[0] > bounds[1] or (layout == "name" and bounds[0] == bounds[1]):
+        rule = "min < max (a constant field is written max = min + 1)" if layout == "name" else "min <= max"
+        f.add(f"{where} has min {bounds[0]} and max {bounds[1]}; the name layout needs {rule}.")
+
+
+def _index_space(f: _Folder, where: str, indices: list, expect: int) -> None:
+    if not all(_is_int(i) for i in indices):
+        f.add(f"{where}: every index must be an integer.")
+        return
+    if sorted(indices) != list(range(expect)):
+        gaps = sorted(set(range(expect)) - set(indices))
+        dup = sorted({i for i in indices if indices.count(i) > 1})
+        f.add(
+            f"{where}: indices must be 0..{expect - 1} with no gaps or repeats"
+            + (f"; missing {_show(gaps, 5)}" if gaps else "")
+            + (f"; repeated {_show(dup, 5)}" if dup else "")
+            + (
+                f"; out of range {_show(sorted(set(indices) - set(range(expect))), 5)}"
+                if not gaps and not dup
+                else ""
+            )
+            + "."
+        )
+
+
+# ------------------------------------------------------------------------------------------ var
+
+
+def _check_var(f: _Folder, m: dict, n_cells: int | None) -> tuple[int, str | None, dict]:
+    """Returns (genes, layout, facts)."""
+    name = "var_manifest.json"
+    f.keys(m, name, VAR_KEYS, ordered=True)
+    facts = {"compression": m.get("compression"), "quantization": m.get("quantization")}
+    schema = m.get("_varSchema")
+    fields = m.get("fields")
+    if not isinstance(schema, dict) or not isinstance(fields, list):
+        f.add(f"{name} needs a _varSchema object and a fields list.")
+        return 0, None, facts
+    n = m.get("n_points")
+    if not _is_int(n) or n < 1:
+        f.add(f"{name}: n_points must be a positive integer.")
+        return len(fields), None, facts
+    if n_cells is not None and n != n_cells:
+        f.add(f"{name} says {n} cells but the dataset has {n_cells}.")
+    if m.get("_format") != "compact_v1":
+        f.add(f"{name}: _format must be 'compact_v1'.")
+    bits = m.get("quantization")
+    comp = m.get("compression")
+    if comp is not None and not (_is_int(comp) and 1 <= comp <= 9):
+        f.add(f"{name}: compression must be 1..9 or null.")
+    if bits not in (8, 16, None):
+        f.add(f"{name}: quantization must be 8, 16 or null.")
+        return len(fields), None, facts
+    ext, dtype = {8: ("u8", "uint8"), 16: ("u16", "uint16"), None: ("f32", "float32")}[bits]
+    pattern = str(schema.get("pathPattern", ""))
+    layout = _layout_of(pattern)
+    gz = ".gz" if comp else ""
+    want = {
+        "kind": "continuous",
+        "pathPattern": f"var/{{{'key' if layout == 'name' else 'index'}}}.values.{ext}{gz}",
+    }
+    want |= {"ext": ext, "dtype": dtype, "quantized": bits is not None}
+    if bits is not None:
+        want["quantizationBits"] = bits
+    if layout is None or schema != want:
+        f.add(f"{name}: _varSchema must be {json.dumps(want)}, got {json.dumps(schema)}.")
+        return len(fields), layout, facts
+    width = (1 if layout == "name" else 2) + (2 if bits is not None else 0)
+    ids: list = []
+    indices: list = []
+    for pos, entry in enumerate(fields):
+        if not isinstance(entry, list) or len(entry) != width:
+            f.add(f"{name}: fields[{pos}] must be a list of {width} values ({'[i, id' if layout == 'index' else '[id'}"
+                  f"{', min, max' if bits else ''}]).")  # fmt: skip
+            continue
+        idx, gid, bounds = (pos, entry[0], entry[1:]) if layout == "name" else (entry[0], entry[1], entry[2:])
+        ids.append(gid)
+        indices.append(idx)
+        if not isinstance(gid, str) or not gid.strip() or gid != gid.strip():
+            f.add(
+                f"{name}: fields[{pos}] has gene id {gid!r}; ids must be non-empty text without surrounding spaces."
+            )
+            continue
+        if bits is not None:
+            _check_bounds(f, f"{name} gene {gid!r}", bounds, layout)
+        if not _is_int(idx):
+            continue
+        rel = pattern.replace("{index}", str(idx)).replace("{key}", safe_name(gid))
+        arr = f.payload(rel, _DTYPES[dtype], n, comp)
+        if bits is not None:
+            _check_codes(f, rel, arr, bits, f"gene {gid!r}")
+    text_ids = [g for g in ids if isinstance(g, str)]
+    dup = (
+        sorted({g for g in text_ids if text_ids.count(g) > 1}) if len(set(text_ids)) != len(text_ids) else []
+    )
+    if dup:
+        f.add(f"{name} lists these genes more than once: {_show(dup)}.")
+    if layout == "index":
+        _index_space(f, f"{name} fields", indices, len(fields))
+    elif not dup:
+        for problem in name_layout_problems(text_ids):
+            f.add(f"{name}: gene files collide: {problem}.")
+    return len(fields), layout, facts
+
+
+# ------------------------------------------------------------------------------------------ obs
+
+
+def _check_obs(f: _Folder, m: dict, n_cells: int, dims: list[int], comp) -> tuple[str | None, list, dict]:
+    """Returns (layout, expanded fields as identity entries, facts)."""
+    name = "obs_manifest.json"
+    f.keys(m, name, OBS_KEYS)
+    facts: dict = {"bits": None, "codes_dtypes": set()}
+    if m.get("_format") != "compact_v1":
+        f.add(f"{name}: _format must be 'compact_v1'.")
+    if m.get("n_points") != n_cells:
+        f.add(f"{name} says {m.get('n_points')} cells but dataset_identity.json says {n_cells}.")
+    if m.get("latent_key") != "latent_space":
+        f.add(f"{name}: latent_key must be 'latent_space'.")
+    if m.get("compression") != comp:
+        f.add(f"{name}: compression is {m.get('compression')} but the export settings say {comp}.")
+    q = m.get("centroid_outlier_quantile")
+    if q is not None and not (_num(q) and 0.5 < q < 1):
+        f.add(f"{name}: centroid_outlier_quantile must be a number between 0.5 and 1.")
+    schemas = m.get("_obsSchemas")
+    cont = m.get("_continuousFields")
+    cat = m.get("_categoricalFields")
+    if not isinstance(schemas, dict) or not isinstance(cont, list) or not isinstance(cat, list):
+        f.add(f"{name} needs an _obsSchemas object and _continuousFields / _categoricalFields lists.")
+        return None, [], facts
+    want_schemas = {k for k, v in (("continuous", cont), ("categorical", cat)) if v}
+    if set(schemas) != want_schemas:
+        f.add(
+            f"{name}: _obsSchemas must have {sorted(want_schemas) or 'no keys'} for these fields, has {sorted(schemas)}."
+        )
+        return None, [], facts
+    gz = ".gz" if comp else ""
+    layouts = set()
+    for s in schemas.values():
+        for k, v in s.items():
+            if k.endswith("athPattern"):
+                layouts.add(_layout_of(str(v)))
+    if not schemas:
+        return None, [], facts
+    if len(layouts) != 1 or None in layouts:
+        f.add(f"{name}: path patterns must all use {{key}} (name layout) or all {{index}} (index layout).")
+        return None, [], facts
+    layout = layouts.pop()
+    key = "{key}" if layout == "name" else "{index}"
+    bits = None
+    if cont:
+        s = schemas["continuous"]
+        bits = s.get("quantizationBits") if s.get("quantized") else None
+    elif cat:
+        s = schemas["categorical"]
+        bits = {"u8": 8, "u16": 16}.get(s.get("outlierExt")) if s.get("outlierQuantized") else None
+    facts["bits"] = bits
+    ext, dtype = {8: ("u8", "uint8"), 16: ("u16", "uint16"), None: ("f32", "float32")}.get(bits, ("?", "?"))
+    if cont:
+        want = {
+            "pathPattern": f"obs/{key}.values.{ext}{gz}",
+            "ext": ext,
+            "dtype": dtype,
+            "quantized": bits is not None,
+        }
+        if bits is not None:
+            want["quantizationBits"] = bits
+        if schemas["continuous"] != want:
+            f.add(f"{name}: _obsSchemas.continuous must be {json.dumps(want)}.")
+    if cat:
+        want = {
+            "codesPathPattern": f"obs/{key}.codes.{{ext}}{gz}",
+            "outlierPathPattern": f"obs/{key}.outliers.{ext}{gz}",
+        }
+        want |= {"outlierExt": ext, "outlierDtype": dtype, "outlierQuantized": bits is not None}
+        if schemas["categorical"] != want:
+            f.add(f"{name}: _obsSchemas.categorical must be {json.dumps(want)}.")
+    pre = 1 if layout == "index" else 0
+    expanded: list = []
+    indices: list = []
+    keys: list = []
+    for pos, entry in enumerate(cont):
+        width = pre + 1 + (2 if bits else 0)
+        if not isinstance(entry, list) or len(entry) != width or not isinstance(entry[pre], str):
+            f.add(f"{name}: _continuousFields[{pos}] must be a list of {width} values.")
+            continue
+        k = entry[pre]
+        keys.append(k)
+        indices.append(entry[0] if pre else None)
+        expanded.append({"key": k, "kind": "continuous"})
+        if bits:
+            _check_bounds(f, f"{name} field {k!r}", entry[pre + 1 :], layout)
+        stem = str(entry[0]) if pre else safe_name(k)
+        rel = schemas["continuous"]["pathPattern"].replace(key, stem)
+        arr = f.payload(rel, _DTYPES[dtype], n_cells, comp)
+        if bits:
+            _check_codes(f, rel, arr, bits, f"obs field {k!r}")
+    for pos, entry in enumerate(cat):
+        width = pre + 5 + (2 if bits else 0)
+        if not isinstance(entry, list) or len(entry) != width or not isinstance(entry[pre], str):
+            f.add(f"{name}: _categoricalFields[{pos}] must be a list of {width} values.")
+            continue
+        k, labels, cdtype, marker, cents = entry[pre : pre + 5]
+        keys.append(k)
+        indices.append(entry[0] if pre else None)
+        where = f"{name} field {k!r}"
+        if not isinstance(labels, list) or cdtype not in MAX_CATEGORIES:
+            f.add(f"{where} needs a list of categories and a codes dtype 'uint8' or 'uint16'.")
+            continue
+        facts["codes_dtypes"].add(cdtype)
+        expanded.append({"key": k, "kind": "category", "n_categories": len(labels)})
+        if len(labels) > MAX_CATEGORIES[cdtype]:
+            f.add(
+                f"{where} has {len(labels):,} categories; {cdtype} codes hold at most {MAX_CATEGORIES[cdtype]:,}."
+            )
+        if len({json.dumps(c) for c in labels}) != len(labels):
+            f.add(f"{where} lists a category more than once.")
+        if marker != MARKER[_BITS[cdtype]]:
+            f.add(f"{where}: the missing marker of {cdtype} codes is {MARKER[_BITS[cdtype]]}, not {marker}.")
+        if bits:
+            _check_bounds(f, f"{where} outliers", entry[pre + 5 :], layout)
+        stem = str(entry[0]) if pre else safe_name(k)
+        cext = "u8" if cdtype == "uint8" else "u16"
+        rel = schemas["categorical"]["codesPathPattern"].replace(key, stem).replace("{ext}", cext)
+        codes = f.payload(rel, _DTYPES[cdtype], n_cells, comp)
+        if codes is not None and ((codes >= len(labels)) & (codes != marker)).any():
+            f.add(f"{rel} holds codes beyond the {len(labels)} categories of {k!r}.")
+        rel = schemas["categorical"]["outlierPathPattern"].replace(key, stem)
+        out = f.payload(rel, _DTYPES[dtype], n_cells, comp)
+        if bits:
+            _check_codes(f, rel, out, bits, f"outliers of {k!r}")
+        elif out is not None and ((out < 0) | (out > 1)).any():
+            f.add(f"{rel} holds outlier quantiles outside 0..1.")
+        if not isinstance(cents, dict) or not set(cents) <= {str(d) for d in dims}:
+            f.add(f"{where}: centroidsByDim must map exported dimensions ({dims}) to lists.")
+            continue
+        for d, lst in cents.items():
+            ok = isinstance(lst, list) and all(
+                isinstance(c, dict)
+                and set(c) == {"category", "position", "n_points"}
+                and c["category"] in labels
+                and isinstance(c["position"], list)
+                and len(c["position"]) == int(d)
+                and all(_num(v) for v in c["position"])
+                and _is_int(c["n_points"])
+                for c in lst
+            )
+            if not ok:
+                f.add(f"{where}: centroids for {d}-D must be {{category, position ({d} numbers), n_points}}.")
+    if layout == "index":
+        _index_space(f, f"{name} obs fields", indices, len(indices))
+    else:
+        for problem in name_layout_problems([k for k in keys if isinstance(k, str)], "obs", ".*"):
+            f.add(f"{name}: obs files collide: {problem}.")
+    if len(set(keys)) != len(keys):
+        f.add(f"{name} lists an obs field more than once.")
+    return layout, expanded, facts
+
+
+# ------------------------------------------------------------------------------ connectivity, vectors
+
+
+def _check_graph(f: _Folder, m: dict, n_cells: int, comp) -> int | None:
+    name = "connectivity_manifest.json"
+    f.keys(m, name, GRAPH_KEYS)
+    n_edges = m.get("n_edges")
+    idx = index_dtype(n_cells)
+    want = {"format": "edge_pairs", "n_cells": n_cells, "index_bytes": idx.itemsize, "index_dtype": idx.name}
+    want |= {"weight_dtype": "float64", "weight_bytes": 8, "compression": comp}
+    for k, v in want.items():
+        if m.get(k) != v:
+            f.add(f"{name}: {k} must be {v!r}, got {m.get(k)!r}.")
+    if not _is_int(n_edges) or n_edges < 0:
+        f.add(f"{name}: n_edges must be a non-negative integer.")
+        return None
+    gz = ".gz" if comp else ""
+    arrays = {}
+    for k, file, dt in (
+        ("sourcesPath", "edges.src.bin", idx.str),
+        ("destinationsPath", "edges.dst.bin", idx.str),
+        ("weightsPath", "edges.weights.f64.bin", "<f8"),
+    ):
+        rel = f"connectivity/{file}{gz}"
+        if m.get(k) != rel:
+            f.add(f"{name}: {k} must be {rel!r}.")
+        arrays[k] = f.payload(rel, dt, n_edges, comp)
+    src, dst, w = arrays["sourcesPath"], arrays["destinationsPath"], arrays["weightsPath"]
+    if src is not None and dst is not None and n_edges:
+        s, d = src.astype(np.int64), dst.astype(np.int64)
+        if not (s < d).all() or (d >= n_cells).any():
+            f.add(
+                f"{name}: every edge must have source < destination < {n_cells} (each undirected edge once)."
+            )
+        key = s * n_cells + d
+        if (np.diff(key) <= 0).any():
+            f.add(f"{name}: edges must be sorted by (source, destination) without repeats.")
+        degree = np.bincount(s, minlength=n_cells) + np.bincount(d, minlength=n_cells)
+        if m.get("max_neighbors") != int(degree[:n_cells].max()):
+            f.add(
+                f"{name}: max_neighbors is {m.get('max_neighbors')} but the edges give {int(degree.max())}."
+            )
+    if w is not None and not (np.isfinite(w) & (w > 0)).all():
+        f.add(f"{name}: edge weights must be finite and above 0.")
+    return n_edges
+
+
+def _check_vectors(f: _Folder, v, dims: list[int], n_cells: int, comp) -> None:
+    where = "dataset_identity.json vector_fields"
+    if not isinstance(v, dict) or set(v) != {"default_field", "fields"} or not isinstance(v["fields"], dict):
+        f.add(f"{where} must be {{default_field, fields}}.")
+        return
+    if v["default_field"] not in v["fields"]:
+        f.add(f"{where}: default_field {v['default_field']!r} is not one of the fields.")
+    for fid, meta in v["fields"].items():
+        if not isinstance(meta, dict) or not {
+            "label",
+            "available_dimensions",
+            "default_dimension",
+            "files",
+        } <= set(meta):
+            f.add(f"{where}.{fid} needs label, available_dimensions, default_dimension and files.")
+            continue
+        f.keys(
+            meta, f"{where}.{fid}", ["label", "available_dimensions", "default_dimension", "files"], ["basis"]
+        )
+        ad = meta["available_dimensions"]
+        if (
+            not isinstance(ad, list)
+            or not set(ad) <= set(dims)
+            or not ad
+            or meta["default_dimension"] != max(ad)
+        ):
+            f.add(
+                f"{where}.{fid}: dimensions {ad} must be exported embedding dimensions {dims}, default the highest."
+            )
+            continue
+        files = meta["files"]
+        if not isinstance(files, dict) or set(files) != {f"{d}d" for d in ad}:
+            f.add(f"{where}.{fid}: files must have one entry per dimension.")
+            continue
+        for d in ad:
+            rel = files[f"{d}d"]
+            arr = f.payload(rel, "<f4", n_cells * d, comp) if isinstance(rel, str) else None
+            if arr is not None and not np.isfinite(arr).all():
+                f.add(f"{rel} holds NaN or Inf vectors.")
+
+
+# ----------------------------------------------------------------------------------------- entry
+
+
+def _check_identity(f: _Folder, ident: dict) -> dict:
+    name = "dataset_identity.json"
+    f.keys(ident, name, IDENTITY_KEYS, IDENTITY_OPTIONAL)
+    if ident.get("version") != 2:
+        f.add(f"{name}: version must be 2.")
+    did = ident.get("id")
+    if not isinstance(did, str) or not DATASET_ID.fullmatch(did) or did.endswith("."):
+        f.add(f"{name}: id {did!r} must start with a letter or digit, hold only letters, digits, '.', '_', '-', "
+              "and not end in '.'.")  # fmt: skip
+    if not isinstance(ident.get("name"), str) or not ident.get("name", "").strip():
+        f.add(f"{name}: name must be non-empty text.")
+    if not isinstance(ident.get("description"), str):
+        f.add(f"{name}: description must be text.")
+    if not isinstance(ident.get("created_at"), str) or not CREATED_AT.fullmatch(ident.get("created_at", "")):
+        f.add(f"{name}: created_at must be a UTC time written YYYY-MM-DDTHH:MM:SSZ.")
+    stats = ident.get("stats")
+    if not isinstance(stats, dict):
+        f.add(f"{name}: stats must be an object.")
+        stats = {}
+    else:
+        f.keys(stats, f"{name} stats", sorted(STATS_KEYS))
+    if "export_settings" in ident:
+        s = ident["export_settings"]
+        if isinstance(s, dict):
+            f.keys(s, f"{name} export_settings", sorted(SETTINGS_KEYS))
+        else:
+            f.add(f"{name}: export_settings must be an object.")
+    if "source" in ident and (not isinstance(ident["source"], dict) or "name" not in ident["source"]):
+        f.add(f"{name}: source must be an object with a name.")
+    return stats
+
+
+def validate(path: os.PathLike | str, *, genes_only: bool = False) -> list[str]:
+    """Check an export folder against the Cellucid format.
+
+    Parameters
+    ----------
+    path
+        The export folder (either layout; the layout is read from the manifests).
+    genes_only
+        Check only ``var/`` and ``var_manifest.json`` (a folder exported without an embedding).
+
+    Returns
+    -------
+    The problems found, each a sentence naming the file; an empty list when the viewer will open the folder.
+    Checked: exact key sets of every manifest, counts and field lists against the identity, every payload's
+    length after decompression, the gzip envelope (one member, nothing after it, reserved flags zero, ISIZE),
+    dense indices in the index layout and file-name collisions in the name layout, codes within range,
+    finite points within [-1, 1], graph edges (src < dst, sorted, weights > 0), and files no manifest names.
+
+    """
+    root = Path(path)
+    f = _Folder(root)
+    if not root.is_dir():
+        return [f"{root} is not a folder."]
+    var = f.json("var_manifest.json")
+    if genes_only:
+        if var is None:
+            return [f"{root} has no var_manifest.json."]
+        _check_var(f, var, None)
+        _check_strays(f)
+        return f.problems
+    ident = f.json("dataset_identity.json")
+    obs = f.json("obs_manifest.json")
+    if ident is None or obs is None:
+        missing = [n for n, o in (("dataset_identity.json", ident), ("obs_manifest.json", obs)) if o is None]
+        f.add(
+            f"{root} lacks a readable {' and '.join(missing)}, so the viewer cannot open it"
+            + (" (an export without an embedding holds genes only)." if var is not None else ".")
+        )
+        return f.problems
+    stats = _check_identity(f, ident)
+    n_cells = stats.get("n_cells")
+    if not _is_int(n_cells) or n_cells < 1:
+        f.add("dataset_identity.json: stats.n_cells must be a positive integer.")
+        return f.problems
+    settings = ident.get("export_settings") if isinstance(ident.get("export_settings"), dict) else {}
+    comp = settings.get("compression", obs.get("compression"))
+
+    # Points.
+    emb = ident.get("embeddings")
+    dims: list[int] = []
+    if not isinstance(emb, dict):
+        f.add("dataset_identity.json: embeddings must be an object.")
+    else:
+        f.keys(
+            emb, "dataset_identity.json embeddings", ["available_dimensions", "default_dimension", "files"]
+        )
+        dims = emb.get("available_dimensions") or []
+        if not isinstance(dims, list) or not dims or dims != sorted(set(dims)) or not set(dims) <= {1, 2, 3}:
+            f.add("dataset_identity.json: available_dimensions must be a sorted, non-empty list of 1, 2, 3.")
+            dims = [d for d in (dims if isinstance(dims, list) else []) if d in (1, 2, 3)]
+        if dims and emb.get("default_dimension") != max(dims):
+            f.add(f"dataset_identity.json: default_dimension must be {max(dims)}, the highest available.")
+        files = emb.get("files") if isinstance(emb.get("files"), dict) else {}
+        gz = ".gz" if comp else ""
+        if files != {f"{d}d": f"points_{d}d.bin{gz}" for d in dims}:
+            f.add(
+                f"dataset_identity.json: embeddings.files must be {{{', '.join(f'{d}d: points_{d}d.bin{gz}' for d in dims)}}}."
+            )
+        for d in dims:
+            pts = f.payload(f"points_{d}d.bin{gz}", "<f4", n_cells * d, comp)
+            if pts is not None and not np.isfinite(pts).all():
+                f.add(f"points_{d}d.bin{gz} holds NaN or Inf coordinates.")
+            elif pts is not None and (np.abs(pts) > 1 + 1e-6).any():
+                f.add(f"points_{d}d.bin{gz} holds coordinates outside [-1, 1]; points must be normalised.")
+
+    layout, expanded, facts = _check_obs(f, obs, n_cells, dims, comp)
+    if ident.get("obs_fields") != expanded:
+        f.add(
+            "dataset_identity.json: obs_fields must list exactly the obs manifest's fields in the order the viewer "
+            f"expands them (continuous first, then categorical): {json.dumps(expanded)[:300]}."
+        )
+    n_cont = sum(e["kind"] == "continuous" for e in expanded)
+    for k, v in (("n_obs_fields", len(expanded)), ("n_continuous_fields", n_cont)):
+        if stats.get(k) != v:
+            f.add(f"dataset_identity.json: stats.{k} is {stats.get(k)} but the obs manifest has {v}.")
+    if stats.get("n_categorical_fields") != len(expanded) - n_cont:
+        f.add(f"dataset_identity.json: stats.n_categorical_fields is {stats.get('n_categorical_fields')} but the "
+              f"obs manifest has {len(expanded) - n_cont}.")  # fmt: skip
+
+    # Genes.
+    n_genes = stats.get("n_genes")
+    if var is None:
+        if n_genes != 0:
+            f.add(f"dataset_identity.json says {n_genes} genes but var_manifest.json is missing.")
+    else:
+        count, var_layout, vfacts = _check_var(f, var, n_cells)
+        if n_genes != count or count == 0:
+            f.add(f"dataset_identity.json says {n_genes} genes but var_manifest.json lists {count}"
+                  + (" (with no genes there must be no var_manifest.json)." if count == 0 else "."))  # fmt: skip
+        if layout and var_layout and layout != var_layout:
+            f.add(
+                f"var_manifest.json uses the {var_layout} layout but obs_manifest.json the {layout} layout."
+            )
+        layout = layout or var_layout
+        if vfacts["compression"] != comp:
+            f.add(
+                f"var_manifest.json: compression is {vfacts['compression']} but the export settings say {comp}."
+            )
+        if "var_quantization" in settings and settings["var_quantization"] != vfacts["quantization"]:
+            f.add("dataset_identity.json: export_settings.var_quantization differs from var_manifest.json.")
+    if settings:
+        if settings.get("obs_continuous_quantization") != facts["bits"] and (expanded or facts["bits"]):
+            f.add(
+                "dataset_identity.json: export_settings.obs_continuous_quantization differs from obs_manifest.json."
+            )
+        cd = settings.get("obs_categorical_dtype")
+        allowed = ("uint8", "uint16") if layout == "index" else ("auto", "uint8", "uint16")
+        if cd not in allowed:
+            f.add(
+                f"dataset_identity.json: export_settings.obs_categorical_dtype must be one of {allowed}, got {cd!r}."
+            )
+        elif cd != "auto" and facts["codes_dtypes"] - {cd}:
+            f.add(
+                f"obs_manifest.json has {sorted(facts['codes_dtypes'])} codes but the export settings say {cd}."
+            )
+
+    # Graph.
+    graph = f.json("connectivity_manifest.json")
+    n_edges = _check_graph(f, graph, n_cells, comp) if graph is not None else None
+    if stats.get("has_connectivity") != (graph is not None):
+        f.add("dataset_identity.json: stats.has_connectivity does not match connectivity_manifest.json.")
+    if stats.get("n_edges") != n_edges:
+        f.add(f"dataset_identity.json: stats.n_edges is {stats.get('n_edges')} but the graph has {n_edges}.")
+    if "vector_fields" in ident:
+        _check_vectors(f, ident["vector_fields"], dims, n_cells, comp)
+    _check_strays(f)
+    return f.problems
+
+
+def _check_strays(f: _Folder) -> None:
+    """Files no manifest mentions: an orphan payload means the folder mixes two exports."""
+    stray = [
+        str(p.relative_to(f.path))
+        for p in sorted(f.path.rglob("*"))
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(f.path).parts)
+        and str(p.relative_to(f.path)) not in f.declared
+    ]
+    if stray:
+        f.add(f"{f.path} holds files no manifest mentions: {_show(stray, 5)}. Remove them or export again.")
