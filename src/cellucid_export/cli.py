@@ -9,10 +9,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .catalog import write_catalog
 from .errors import CellucidExportError
 from .export import estimate_h5ad, export_h5ad
 from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, format_bytes
 from .reader import read_export
+from .validate import validate
 
 
 def _optional_int(text: str) -> int | None:
@@ -67,7 +69,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cellucid-export",
-        description="Export gene expression from an .h5ad file to the Cellucid web viewer.",
+        description="Export an .h5ad file to the Cellucid web viewer, check exports, and list them for hosting.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("export", help="write an export folder")
@@ -85,6 +87,26 @@ def _parser() -> argparse.ArgumentParser:
         help="working memory for gene blocks, e.g. 512MiB (default) or 2GB",
     )
     p.add_argument("--n-jobs", type=int, default=None, help="compression threads (default: all cores)")
+    p.add_argument("--dataset-name", help="name shown in the viewer (default: the folder name)")
+    p.add_argument("--dataset-id", help="id in URLs and datasets.json (default: derived from the name)")
+    p.add_argument("--description", help="free text shown with the dataset")
+    p.add_argument(
+        "--embedding",
+        action="append",
+        help="obsm key to draw, e.g. X_umap (repeatable; default: every 1-3 column X_* embedding)",
+    )
+    p.add_argument(
+        "--obs-keys", help="comma-separated obs columns (default: every column the viewer can show)"
+    )
+    p.add_argument("--latent-key", default="X_pca", help="obsm space for outlier quantiles (default X_pca)")
+    p.add_argument("--no-connectivities", action="store_true", help="do not export the obsp graph")
+    p.add_argument(
+        "--obs-continuous-quantization",
+        type=_optional_int,
+        default=None,
+        metavar="{8,16,none}",
+        help="bits for continuous obs values (default none: float32)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -94,6 +116,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="export scanpy's bundled pbmc68k_reduced (needs scanpy) and inspect it")
     p.add_argument("out_dir", nargs="?", default="exports/pbmc68k_reduced")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+
+    p = sub.add_parser(
+        "validate", help="check an export folder against the format (exit status 1 on problems)"
+    )
+    p.add_argument("export_dir")
+
+    p = sub.add_parser("catalog", help="write datasets.json for a folder of dataset folders")
+    p.add_argument("root")
+    p.add_argument("--default", help="id of the dataset opened first (default: the first)")
 
     p = sub.add_parser("inspect", help="summarise an export folder, or one gene of it")
     p.add_argument("export_dir")
@@ -173,8 +204,29 @@ def main(argv: list[str] | None = None) -> int:
                 n_jobs=args.n_jobs,
                 overwrite=args.overwrite,
                 progress=not args.no_progress,
+                dataset_name=args.dataset_name,
+                dataset_id=args.dataset_id,
+                description=args.description,
+                embeddings=args.embedding,
+                obs_keys=args.obs_keys.split(",") if args.obs_keys else None,
+                latent_key=args.latent_key,
+                connectivities=None if args.no_connectivities else "connectivities",
+                obs_continuous_quantization=args.obs_continuous_quantization,
             )
             print(res)
+        elif args.command == "validate":
+            problems = validate(args.export_dir)
+            for problem in problems:
+                print(f"problem: {problem}")
+            if problems:
+                print(
+                    f"{args.export_dir}: {len(problems)} problems; the viewer may not open it.",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"{args.export_dir}: OK, the viewer will open it.")
+        elif args.command == "catalog":
+            print(f"wrote {write_catalog(args.root, default=args.default)}")
         elif args.command == "demo":
             _demo(args)
         elif args.command == "estimate":

@@ -270,7 +270,7 @@ def _finite_matrix(x, what: str, fix: str) -> np.ndarray:
     if bad.any():
         rows = np.flatnonzero(bad)
         raise DatasetError(
-            f"{what} has non-finite coordinates (NaN or Inf) in {bad.sum()} cells (rows {_show(rows.tolist(), 5)}). "
+            f"{what} has non-finite coordinates (NaN or Inf) in {bad.sum()} cells (rows {', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}). "
             f"{fix}"
         )
     return arr

@@ -165,6 +165,14 @@ def _check_bounds(f: _Folder, where: str, bounds, layout: str) -> None:
         f.add(f"{where} has min {bounds[0]} and max {bounds[1]}; the name layout needs {rule}.")
 
 
+def _ints(xs: list) -> str:
+    return ", ".join(map(str, xs[:5])) + (" ..." if len(xs) > 5 else "")
+
+
+def _ints(xs: list) -> str:
+    return ", ".join(map(str, xs[:5])) + (" ..." if len(xs) > 5 else "")
+
+
 def _index_space(f: _Folder, where: str, indices: list, expect: int) -> None:
     if not all(_is_int(i) for i in indices):
         f.add(f"{where}: every index must be an integer.")
@@ -174,10 +182,10 @@ def _index_space(f: _Folder, where: str, indices: list, expect: int) -> None:
         dup = sorted({i for i in indices if indices.count(i) > 1})
         f.add(
             f"{where}: indices must be 0..{expect - 1} with no gaps or repeats"
-            + (f"; missing {_show(gaps, 5)}" if gaps else "")
-            + (f"; repeated {_show(dup, 5)}" if dup else "")
+            + (f"; missing {_ints(gaps)}" if gaps else "")
+            + (f"; repeated {_ints(dup)}" if dup else "")
             + (
-                f"; out of range {_show(sorted(set(indices) - set(range(expect))), 5)}"
+                f"; out of range {_ints(sorted(set(indices) - set(range(expect))))}"
                 if not gaps and not dup
                 else ""
             )

@@ -1,0 +1,53 @@
+"""datasets.json for hosting several datasets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tests.conftest import make_scrna
+
+import cellucid_export
+from cellucid_export.catalog import CatalogError
+from cellucid_export.cli import main
+
+
+@pytest.fixture
+def root(tmp_path):
+    make_scrna(n_cells=50, n_genes=5).cellucid.export(tmp_path / "b-set", progress=False)
+    make_scrna(n_cells=30, n_genes=4, seed=1).cellucid.export(
+        tmp_path / "a-set", dataset_name="First set", dataset_id="a-set", genes=["G1", "G2"], progress=False
+    )
+    (tmp_path / "notes").mkdir()  # not a dataset: ignored
+    return tmp_path
+
+
+def test_catalog(root):
+    path = cellucid_export.write_catalog(root)
+    assert json.loads(path.read_text()) == {
+        "version": 1,
+        "default": "a-set",
+        "datasets": [
+            {"id": "a-set", "path": "a-set/", "name": "First set", "n_cells": 30, "n_genes": 2},
+            {"id": "b-set", "path": "b-set/", "name": "b-set", "n_cells": 50, "n_genes": 5},
+        ],
+    }
+    cellucid_export.write_catalog(root, default="b-set")
+    assert json.loads(path.read_text())["default"] == "b-set"
+    with pytest.raises(CatalogError, match=r"default='zzz' is not one of the datasets.*'a-set', 'b-set'"):
+        cellucid_export.write_catalog(root, default="zzz")
+
+
+def test_catalog_needs_folder_named_like_the_id(root):
+    (root / "b-set").rename(root / "other")
+    with pytest.raises(CatalogError, match=r"has id 'b-set'.*Rename the folder to 'b-set'"):
+        cellucid_export.write_catalog(root)
+    assert not (root / "datasets.json").exists()
+
+
+def test_catalog_cli(root, tmp_path_factory, capsys):
+    assert main(["catalog", str(root), "--default", "b-set"]) == 0
+    assert json.loads((root / "datasets.json").read_text())["default"] == "b-set"
+    empty = tmp_path_factory.mktemp("empty")
+    assert main(["catalog", str(empty)]) == 2
+    assert "holds no dataset folders" in capsys.readouterr().err

@@ -1,0 +1,143 @@
+"""validate() passes good exports and names what is wrong in tampered copies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import cellucid_export
+from cellucid_export.cli import main
+from cellucid_export.codec import get_codec, gzip_decompress
+
+GENES = ["CD79A", "MS4A1", "CST3", "NKG7"]
+
+
+@pytest.fixture(scope="module")
+def good(pbmc_master, tmp_path_factory):
+    d = tmp_path_factory.mktemp("good")
+    return {
+        layout: pbmc_master.cellucid.export(d / layout, genes=GENES, layout=layout, progress=False).path
+        for layout in ("name", "index")
+    }
+
+
+def edit_json(path, fn):
+    obj = json.loads(path.read_text())
+    fn(obj)
+    path.write_text(json.dumps(obj))
+
+
+def tampered(good, tmp_path, layout="name"):
+    out = tmp_path / "copy"
+    shutil.copytree(good[layout], out)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["name", "index"])
+def test_good_exports_pass(good, layout):
+    assert cellucid_export.validate(good[layout]) == []
+
+
+def test_wrong_payload_length(good, tmp_path):
+    out = tampered(good, tmp_path)
+    f = out / "obs" / "n_counts.values.f32.gz"
+    f.write_bytes(get_codec(6).encode(gzip_decompress(f.read_bytes())[:-4]))
+    (problem,) = cellucid_export.validate(out)
+    assert (
+        problem
+        == "obs/n_counts.values.f32.gz holds 2796 bytes after decompression, but 700 values of float32 are 2800 bytes."
+    )
+
+
+def test_extra_identity_key(good, tmp_path):
+    out = tampered(good, tmp_path)
+    edit_json(out / "dataset_identity.json", lambda d: d.update(colour="blue"))
+    assert cellucid_export.validate(out) == [
+        "dataset_identity.json has keys the format does not allow: 'colour'."
+    ]
+
+
+def test_duplicate_gene(good, tmp_path):
+    out = tampered(good, tmp_path)
+    edit_json(out / "var_manifest.json", lambda d: d["fields"].__setitem__(1, d["fields"][0]))
+    problems = cellucid_export.validate(out)
+    assert "var_manifest.json lists these genes more than once: 'CD79A'." in problems
+    assert any("var/MS4A1.values.u8.gz" in p and "no manifest mentions" in p for p in problems)
+
+
+def test_missing_file(good, tmp_path):
+    out = tampered(good, tmp_path, "index")
+    (out / "var" / "2.values.u8.gz").unlink()
+    assert cellucid_export.validate(out) == ["var/2.values.u8.gz is missing."]
+    (out / "points_2d.bin.gz").unlink()
+    assert "points_2d.bin.gz is missing." in cellucid_export.validate(out)
+
+
+def test_trailing_gzip_bytes_and_header_flags(good, tmp_path):
+    out = tampered(good, tmp_path)
+    p = out / "points_2d.bin.gz"
+    data = p.read_bytes()
+    p.write_bytes(data + data)
+    assert cellucid_export.validate(out) == [
+        "points_2d.bin.gz has "
+        f"{len(data)} bytes after its gzip member (a second gzip member); the viewer reads one member only."
+    ]
+    p.write_bytes(data[:3] + b"\xe0" + data[4:])
+    assert cellucid_export.validate(out) == ["points_2d.bin.gz has reserved gzip header flag bits set."]
+
+
+def test_index_gap(good, tmp_path):
+    out = tampered(good, tmp_path, "index")
+
+    def gap(m):
+        m["_categoricalFields"][0][0] = 9
+
+    edit_json(out / "obs_manifest.json", gap)
+    (out / "obs" / "0.codes.u8.gz").rename(out / "obs" / "9.codes.u8.gz")
+    (out / "obs" / "0.outliers.f32.gz").rename(out / "obs" / "9.outliers.f32.gz")
+    assert cellucid_export.validate(out) == [
+        "obs_manifest.json obs fields: indices must be 0..7 with no gaps or repeats; missing 0."
+    ]
+
+
+def test_wrong_counts_and_field_order(good, tmp_path):
+    out = tampered(good, tmp_path)
+    edit_json(out / "dataset_identity.json", lambda d: d["stats"].update(n_genes=5, n_edges=1))
+    problems = cellucid_export.validate(out)
+    assert problems == [
+        "dataset_identity.json says 5 genes but var_manifest.json lists 4.",
+        "dataset_identity.json: stats.n_edges is 1 but the graph has 4996.",
+    ]
+    # cellucid 0.0.9 listed obs fields in column order; strict viewers refuse that.
+    edit_json(out / "dataset_identity.json", lambda d: d["obs_fields"].insert(0, d["obs_fields"].pop(5)))
+    assert any("continuous first, then categorical" in p for p in cellucid_export.validate(out))
+
+
+def test_stray_file_and_wrong_compression_suffix(good, tmp_path):
+    out = tampered(good, tmp_path)
+    (out / "var" / "OLD.values.u8").write_bytes(b"x" * 700)
+    assert cellucid_export.validate(out) == [
+        f"{out} holds files no manifest mentions: 'var/OLD.values.u8'. Remove them or export again."
+    ]
+
+
+def test_cli_validate(good, tmp_path, capsys):
+    assert main(["validate", str(good["name"])]) == 0
+    assert "OK" in capsys.readouterr().out
+    out = tampered(good, tmp_path)
+    (out / "obs_manifest.json").unlink()
+    assert main(["validate", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "problem:" in captured.out and "obs_manifest.json" in captured.out and "1 problems" in captured.err
+
+
+def test_export_refuses_to_publish_an_invalid_folder(scrna, tmp_path, monkeypatch):
+    import cellucid_export.dataset as ds
+
+    real = ds.identity
+    monkeypatch.setattr(ds, "identity", lambda *a, **k: {**real(*a, **k), "extra": 1})
+    with pytest.raises(cellucid_export.CellucidExportError, match=r"(?s)did not pass its own check.*'extra'"):
+        scrna.cellucid.export(tmp_path / "o", progress=False)
+    assert list(tmp_path.iterdir()) == []
