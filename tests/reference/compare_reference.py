@@ -47,10 +47,9 @@ DRIVER = textwrap.dedent(
     if cellucid.__version__.startswith("0.0."):
         kw["var_gene_id_column"] = "index"
     else:
-        kw["created_at"] = "%s"
+        kw["created_at"] = sys.argv[4]
     cellucid.prepare(**kw)
     """
-    % CREATED_AT
 )
 
 
@@ -112,7 +111,9 @@ def run_reference(python: str, h5ad: Path, out: Path, opts: dict) -> None:
     script = out.parent / "driver.py"
     script.write_text(DRIVER)
     proc = subprocess.run(
-        [python, str(script), str(h5ad), str(out), json.dumps(opts)], capture_output=True, text=True
+        [python, str(script), str(h5ad), str(out), json.dumps(opts), CREATED_AT],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{python} failed:\n{proc.stderr[-3000:]}")
