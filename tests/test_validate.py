@@ -141,3 +141,20 @@ def test_export_refuses_to_publish_an_invalid_folder(scrna, tmp_path, monkeypatc
     with pytest.raises(cellucid_export.CellucidExportError, match=r"(?s)did not pass its own check.*'extra'"):
         scrna.cellucid.export(tmp_path / "o", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_shallow_gene_check_reads_only_the_envelope(good, tmp_path):
+    out = tampered(good, tmp_path)
+    gene = next((out / "var").iterdir())
+    rel = f"var/{gene.name}"
+    codes = gzip_decompress(gene.read_bytes())
+    # One gene shortened by a byte: both checks see it (the shallow one through the gzip ISIZE).
+    gene.write_bytes(get_codec(6).encode(codes[:-1]))
+    assert any(rel in p and "699 bytes" in p for p in cellucid_export.validate(out, decode_genes=False))
+    assert any(rel in p for p in cellucid_export.validate(out))
+    # A corrupt deflate body with an intact envelope: only decoding sees it, which is why validate() decodes
+    # by default; the export's own check (on files it just wrote) reads the envelope only.
+    good_bytes = get_codec(6).encode(codes)
+    gene.write_bytes(good_bytes[:10] + bytes(len(good_bytes) - 18) + good_bytes[-8:])
+    assert cellucid_export.validate(out, decode_genes=False) == []
+    assert any(rel in p and "corrupt" in p for p in cellucid_export.validate(out))

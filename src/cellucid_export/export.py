@@ -225,7 +225,9 @@ def write_genes(
     written = 0
 
     def quantized_blocks():
-        for block in sel.source.blocks(sel.gene_idx, per_block):
+        # Scratch files (on-disk CSR with several blocks) live in the staging folder: same disk, cleaned up
+        # with it on any failure.
+        for block in sel.source.blocks(sel.gene_idx, per_block, scratch_dir=folder):
             yield quantize_block(block, var_quantization, constant_plus_one=layout == "name")
 
     bar = tqdm(total=n, unit="gene", desc="cellucid-export", disable=not progress, leave=False)
@@ -369,7 +371,7 @@ def _guard(folder: Path, dataset: DatasetPlan) -> None:
     """Check the staged folder against the format before publishing it: a failure here is a bug of ours."""
     from .validate import validate
 
-    problems = validate(folder, genes_only=not dataset.viewer_ready)
+    problems = validate(folder, genes_only=not dataset.viewer_ready, decode_genes=False)
     if problems:
         raise CellucidExportError(
             "The export did not pass its own check, so nothing was published (this is a bug in "
