@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import errors
+from . import errors, pl
 from .accessor import CellucidAccessor
 from .catalog import write_catalog
 from .dataset import DatasetError
@@ -38,6 +38,7 @@ __all__ = [
     "errors",
     "estimate_h5ad",
     "export_h5ad",
+    "pl",
     "read_export",
     "validate",
     "write_catalog",

@@ -1,0 +1,484 @@
+"""Plots that let you see an export: a gene on the exported points, and the size of each option.
+
+``cellucid_export.pl.gene(export_dir, "CD79A", adata=adata)`` draws the cells where the export put
+them, coloured by the values the viewer will decode, next to the same gene drawn from the AnnData,
+like ``sc.pl.umap(adata, color="CD79A")``. ``cellucid_export.pl.size_plan(adata)`` draws the size of
+an export at each bit depth, with and without gzip.
+
+matplotlib is imported when a function is called, not when the package is imported: exporting
+does not need it.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import logging
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from ._logging import logger
+from .codec import gzip_decompress
+from .errors import CellucidExportWarning, InvalidParameterError
+from .export import ExportResult, export_parts
+from .inputs import check_h5ad_path, parts_from_anndata, parts_from_h5ad
+from .plan import DEFAULT_MAX_BYTES, ExportPlan, format_bytes
+from .reader import Export, read_export
+from .resolve import resolve
+
+__all__ = ["gene", "size_plan"]
+
+#: Colour of cells without a value (the missing marker), as scanpy draws them.
+NA_COLOR = "lightgray"
+#: The three ways a gene can be stored, smallest first.
+BIT_DEPTHS = (8, 16, None)
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            "cellucid_export.pl draws with matplotlib, which is not installed: pip install matplotlib."
+        ) from None
+    return plt
+
+
+def _finish(fig, axes, show: bool | None, own_figure: bool):
+    """Show the figure like scanpy does, or hand the axes back to the caller."""
+    if show is None:
+        show = own_figure
+    if show:
+        _pyplot().show()
+        return None
+    return axes
+
+
+# ----------------------------------------------------------------------------------------- gene
+
+
+def _layer_of(source: str) -> str:
+    """``ExportResult.source`` (``"raw.X"``, ``"layers['log1p']"``) as the ``layer=`` argument."""
+    if source == "raw.X":
+        return "raw"
+    m = re.fullmatch(r"layers\[(.+)\]", source)
+    return ast.literal_eval(m.group(1)) if m else source
+
+
+def read_points(export_dir: os.PathLike | str, dimension: int | None = None) -> np.ndarray:
+    """The exported cell positions, ``(n_cells, d)`` float32, as the viewer reads them.
+
+    Parameters
+    ----------
+    export_dir
+        An export folder with a ``dataset_identity.json``.
+    dimension
+        1, 2 or 3. ``None``: 2 when exported, else the dataset's default dimension.
+
+    """
+    path = Path(export_dir)
+    ident_path = path / "dataset_identity.json"
+    if not ident_path.is_file():
+        raise FileNotFoundError(
+            f"{path} has no dataset_identity.json, so it holds no cell positions to draw: it was exported "
+            "without an embedding. Export again from an AnnData with an obsm['X_umap']."
+        )
+    emb = json.loads(ident_path.read_text(encoding="utf-8"))["embeddings"]
+    dims = [int(d) for d in emb["available_dimensions"]]
+    if dimension is None:
+        dimension = 2 if 2 in dims else int(emb["default_dimension"])
+    if dimension not in dims:
+        raise InvalidParameterError(
+            f"{path} has no {dimension}-D points (it has {', '.join(f'{d}-D' for d in dims)}). "
+            f"Pass dimension={dims[0]}."
+        )
+    f = path / emb["files"][f"{dimension}d"]
+    data = f.read_bytes()
+    if f.suffix == ".gz":
+        # The viewer decides by the suffix too: the files are not served with Content-Encoding.
+        data = gzip_decompress(data)
+    return np.frombuffer(data, dtype="<f4").reshape(-1, dimension)
+
+
+def _xy(points: np.ndarray) -> np.ndarray:
+    """Two columns to draw: 1-D points on a line, 3-D points seen along their third axis."""
+    if points.shape[1] == 1:
+        return np.column_stack([points[:, 0], np.zeros(len(points), points.dtype)])
+    return points[:, :2]
+
+
+def _adata_values(adata, gene_id: str, layer: str | None, gene_id_column: str | None):
+    """One gene from the AnnData, read from the matrix the export would pick (or ``layer``)."""
+    sel = resolve(
+        parts_from_anndata(adata), layer=layer, genes=[gene_id], gene_id_column=gene_id_column, layout="index"
+    )
+    blocks = sel.source.blocks(sel.gene_idx, 1)
+    block = next(iter(blocks))
+    with contextlib.suppress(AttributeError):
+        blocks.close()
+    column = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return column.ravel().astype(np.float32), sel.source_name
+
+
+def _basis_key(adata, basis: str) -> str:
+    key = basis if basis in adata.obsm else f"X_{basis}"
+    if key not in adata.obsm:
+        raise InvalidParameterError(
+            f"basis={basis!r}: adata.obsm has no {key!r} (it has {', '.join(adata.obsm.keys()) or 'nothing'})."
+        )
+    return key
+
+
+def _draw_order(values: np.ndarray) -> np.ndarray:
+    """Cells without a value first, then from low to high: expressing cells are drawn on top (as scanpy)."""
+    return np.argsort(np.where(np.isnan(values), -np.inf, values), kind="stable")
+
+
+def _scatter(ax, xy, values, *, title, vmin, vmax, cmap, size, xlabel, ylabel, colorbar=True):
+    import matplotlib as mpl
+
+    order = _draw_order(values)
+    cmap = (mpl.colormaps[cmap] if isinstance(cmap, str) else cmap).with_extremes(bad=NA_COLOR)
+    sc = ax.scatter(
+        xy[order, 0],
+        xy[order, 1],
+        c=values[order],
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        s=size,
+        plotnonfinite=True,
+        linewidths=0,
+        rasterized=len(values) > 50_000,
+    )
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if colorbar:
+        ax.figure.colorbar(sc, ax=ax, fraction=0.05, pad=0.02)
+    return sc
+
+
+def _agreement(
+    exported: np.ndarray, source: np.ndarray, ex: Export, gene_id: str
+) -> tuple[float, float, bool]:
+    """Largest difference between exported and source values, what quantization allows, and whether it fits."""
+    both = np.isfinite(exported) & np.isfinite(source)
+    diff = float(np.abs(exported[both].astype(np.float64) - source[both]).max()) if both.any() else 0.0
+    allowed = ex.step(gene_id) / 2
+    # float32 rounding of the decoded value adds up to one ulp of the largest magnitude.
+    tol = allowed * (1 + 1e-6) + 4 * float(np.finfo(np.float32).eps) * float(
+        np.abs(source[both]).max(initial=1)
+    )
+    same_missing = np.array_equal(np.isnan(exported), ~np.isfinite(source))
+    return diff, allowed, diff <= tol and same_missing
+
+
+def gene(
+    export_dir: os.PathLike | str | ExportResult,
+    gene: str,
+    *,
+    adata=None,
+    basis: str = "umap",
+    layer: str | None = None,
+    dimension: int | None = None,
+    cmap="viridis",
+    size: float | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    ax=None,
+    show: bool | None = None,
+):
+    """Draw a gene as the viewer will show it, next to the same gene from the AnnData.
+
+    The left panel is the export: the cells at their exported positions (``points_{d}d.bin``),
+    coloured by the values the viewer decodes from the gene's file. With ``adata``, the right panel
+    is the same gene drawn from the AnnData on ``obsm["X_<basis>"]``, like
+    ``sc.pl.umap(adata, color=gene)``. Both panels share one colour scale, so they should look the
+    same: the exported points are the embedding rescaled to [-1, 1], and quantization changes a
+    value by at most half a step. If the values differ by more, a warning says so (usually the
+    export was made from another matrix: pass ``layer=``).
+
+    Parameters
+    ----------
+    export_dir
+        An export folder, or the :class:`~cellucid_export.ExportResult` returned by the export (then
+        the AnnData panel uses the matrix that export used).
+    gene
+        A gene id of the export, as the viewer lists it.
+    adata
+        The AnnData the export was made from. ``None`` draws the export only.
+    basis
+        The embedding of the AnnData panel: ``"umap"`` reads ``obsm["X_umap"]``.
+    layer
+        Matrix of the AnnData panel: ``"X"``, ``"raw"`` or a layer name. ``None``: the matrix of
+        the :class:`~cellucid_export.ExportResult` when one is passed, else the matrix the export
+        picks automatically (see "Choosing what to export").
+    dimension
+        Which exported points to draw (1, 2 or 3). Default: the dimension of ``obsm["X_<basis>"]``
+        when ``adata`` is given, else 2. 3-D points are drawn seen along their third axis, 1-D
+        points on a line.
+    cmap
+        Colour map. Cells without a value (NaN, the missing marker) are grey.
+    size
+        Point size; default ``120000 / n_cells`` as scanpy.
+    vmin, vmax
+        Colour scale; default the smallest and largest value of both panels.
+    ax
+        A matplotlib Axes to draw the export on, or two Axes when ``adata`` is given.
+    show
+        Show the figure. Default: show when the function made the figure (``ax=None``).
+
+    Returns
+    -------
+    When ``show`` is False: the Axes of the export, or ``[export_axes, adata_axes]`` with ``adata``.
+
+    Examples
+    --------
+    >>> res = adata.cellucid.export("exports/pbmc", genes=adata.var.highly_variable)  # doctest: +SKIP
+    >>> cellucid_export.pl.gene(res, "CD79A", adata=adata)  # doctest: +SKIP
+
+    """
+    plt = _pyplot()
+    if isinstance(export_dir, ExportResult):
+        if layer is None:
+            layer = _layer_of(export_dir.source)
+        export_dir = export_dir.path
+    ex = read_export(export_dir)
+    exported = ex.gene(gene)
+    n_panels = 1 if adata is None else 2
+
+    if adata is not None:
+        key = _basis_key(adata, basis)
+        if adata.n_obs != ex.n_cells:
+            raise InvalidParameterError(
+                f"adata has {adata.n_obs:,} cells but the export in {ex.path} has {ex.n_cells:,}. Pass the "
+                "AnnData the export was made from."
+            )
+        basis_xy = np.asarray(adata.obsm[key], dtype=np.float64)
+        if dimension is None:
+            dimension = basis_xy.shape[1]
+        source, source_name = _adata_values(adata, gene, layer, ex.manifest.get("var_gene_id_column"))
+        diff, allowed, ok = _agreement(exported, source, ex, gene)
+        if not ok:
+            warnings.warn(
+                f"{gene}: the exported values differ from adata {source_name} by up to {diff:.4g}, more than "
+                f"quantization explains ({allowed:.4g}). The export was probably made from another matrix or "
+                "another AnnData; pass layer= (or the ExportResult) to compare with the right one.",
+                CellucidExportWarning,
+                stacklevel=2,
+            )
+    points = read_points(ex.path, dimension)
+
+    finite = [exported[np.isfinite(exported)]]
+    if adata is not None:
+        finite.append(source[np.isfinite(source)])
+    allvals = np.concatenate(finite)
+    lo = float(allvals.min()) if allvals.size else 0.0
+    hi = float(allvals.max()) if allvals.size else 1.0
+    vmin = lo if vmin is None else vmin
+    vmax = hi if vmax is None else vmax
+    if size is None:
+        size = 120_000 / max(1, ex.n_cells)
+
+    own_figure = ax is None
+    if own_figure:
+        fig, axs = plt.subplots(1, n_panels, figsize=(4.6 * n_panels, 4), squeeze=False, layout="constrained")
+        axes = list(axs[0])
+    else:
+        axes = [ax] if n_panels == 1 and not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+        if len(axes) != n_panels:
+            raise InvalidParameterError(
+                f"ax must be {'one Axes' if n_panels == 1 else 'two Axes (export, adata)'}, got {len(axes)}."
+            )
+        fig = axes[0].figure
+
+    kind = f"{ex.bits}-bit" if ex.bits else "float32"
+    title = f"{gene}: export ({kind})"
+    if adata is not None:
+        title += f"\nlargest difference {diff:.3g} (half a step: {allowed:.3g})"
+    seen = f" ({dimension}-D, first two axes)" if dimension == 3 else ""
+    common = {"vmin": vmin, "vmax": vmax, "cmap": cmap, "size": size}
+    _scatter(
+        axes[0], _xy(points), exported, title=title, xlabel=f"exported points{seen}", ylabel="", **common
+    )
+    if adata is not None:
+        name = key.removeprefix("X_").upper()
+        _scatter(
+            axes[1],
+            _xy(basis_xy),
+            source,
+            title=f"{gene}: adata {source_name}",
+            xlabel=f"{name}1",
+            ylabel=f"{name}2" if basis_xy.shape[1] > 1 else "",
+            **common,
+        )
+    return _finish(fig, axes if adata is not None else axes[0], show, own_figure)
+
+
+# ------------------------------------------------------------------------------------ size plan
+
+
+def _open_parts(data, stack: contextlib.ExitStack):
+    """AnnData or a path to an .h5ad file -> the parts the export reads."""
+    if isinstance(data, str | os.PathLike):
+        check_h5ad_path(data)
+        return parts_from_h5ad(stack.enter_context(h5py.File(data, "r")))
+    return parts_from_anndata(data)
+
+
+def measure_sizes(
+    data, *, layer=None, genes=None, gene_id_column=None, compression: int = 6, n_sample_genes: int = 20
+) -> dict:
+    """Sizes of an export at 8, 16 and 32 bits, before and after gzip.
+
+    The uncompressed sizes are exact (``n_cells x n_genes x bytes per value``). The gzip sizes are
+    measured: up to ``n_sample_genes`` of the selected genes, evenly spaced in export order, are
+    exported into a temporary folder at each bit depth, and their mean size on disk is multiplied
+    by the number of genes. How well gzip works depends on the data (mostly on how many zeros it
+    holds), so a measurement on your genes beats a rule of thumb.
+
+    Returns
+    -------
+    ``{"plan": ExportPlan, "sampled_genes": [...], "bytes": {(bits, compression): bytes}}`` with
+    ``bits`` in 8, 16, None (float32) and ``compression`` None or the level given.
+
+    """
+    if not isinstance(n_sample_genes, int) or n_sample_genes < 1:
+        raise InvalidParameterError(f"n_sample_genes must be a positive integer, got {n_sample_genes!r}.")
+    with contextlib.ExitStack() as stack:
+        parts = _open_parts(data, stack)
+        sel = resolve(parts, layer=layer, genes=genes, gene_id_column=gene_id_column, layout="index")
+        plan = ExportPlan(sel.n_cells, len(sel.gene_ids), 8, compression, sel.source_name)
+        n = len(sel.gene_ids)
+        picks = np.unique(np.linspace(0, n - 1, min(n, n_sample_genes)).round().astype(int))
+        sample = [sel.gene_ids[i] for i in picks]
+        out = {}
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="cellucid-size-plan-"))
+        # The sample exports are an implementation detail: keep the log and the notebook quiet.
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        stack.callback(logger.setLevel, level)
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", CellucidExportWarning)
+        for bits in BIT_DEPTHS:
+            per_gene = ExportPlan(sel.n_cells, 1, bits, None).payload_bytes
+            out[(bits, None)] = per_gene * n
+            target = Path(tmp) / f"{bits or 32}bit"
+            export_parts(
+                parts,
+                target,
+                layer=_layer_of(sel.source_name),
+                genes=sample,
+                gene_id_column=gene_id_column,
+                var_quantization=bits,
+                compression=compression,
+                layout="index",
+                max_bytes=None,
+                progress=False,
+                embeddings=False,
+            )
+            on_disk = sum(p.stat().st_size for p in (target / "var").iterdir())
+            out[(bits, compression)] = round(on_disk / len(sample) * n)
+    return {"plan": plan, "sampled_genes": sample, "bytes": out}
+
+
+def size_plan(
+    data,
+    *,
+    layer: str | None = None,
+    genes=None,
+    gene_id_column: str | None = None,
+    compression: int = 6,
+    n_sample_genes: int = 20,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    ax=None,
+    show: bool | None = None,
+):
+    """Bar plot of the size of an export at each bit depth, with and without gzip.
+
+    Parameters
+    ----------
+    data
+        An AnnData, a path to an ``.h5ad`` file, or an :class:`~cellucid_export.ExportPlan`. With an
+        AnnData or a file the gzip sizes are measured on a sample of the genes (see
+        :func:`measure_sizes`); an ``ExportPlan`` holds no values, so only the sizes before compression
+        are drawn.
+    layer, genes, gene_id_column
+        Which values and genes, as in :meth:`~cellucid_export.CellucidAccessor.estimate`.
+    compression
+        The gzip level to measure (default 6, the export's default).
+    n_sample_genes
+        How many genes are exported (into a temporary folder) to measure the gzip sizes.
+    max_bytes
+        Draw the size guard (default 8 GB before compression) when a bar reaches it; ``None``: do not.
+    ax
+        A matplotlib Axes to draw on.
+    show
+        Show the figure. Default: show when the function made the figure (``ax=None``).
+
+    Returns
+    -------
+    When ``show`` is False: the Axes. The bars are grouped by storage (uint8, uint16, float32);
+    each bar's height is a number of bytes.
+
+    """
+    plt = _pyplot()
+    if isinstance(data, ExportPlan):
+        plan = data
+        sizes = {
+            (bits, None): ExportPlan(plan.n_cells, plan.n_genes, bits, None).payload_bytes
+            for bits in BIT_DEPTHS
+        }
+        note = "gzip sizes need the data: pass the AnnData"
+    else:
+        measured = measure_sizes(
+            data,
+            layer=layer,
+            genes=genes,
+            gene_id_column=gene_id_column,
+            compression=compression,
+            n_sample_genes=n_sample_genes,
+        )
+        plan, sizes = measured["plan"], measured["bytes"]
+        note = f"gzip measured on {len(measured['sampled_genes'])} of the genes"
+
+    own_figure = ax is None
+    if own_figure:
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig = ax.figure
+    x = np.arange(len(BIT_DEPTHS))
+    width = 0.38
+    series = [(None, "no compression", -width / 2), (compression, f"gzip level {compression}", width / 2)]
+    for level, label, shift in series:
+        if (BIT_DEPTHS[0], level) not in sizes:
+            continue
+        heights = [sizes[(bits, level)] for bits in BIT_DEPTHS]
+        bars = ax.bar(x + shift, heights, width, label=label)
+        ax.bar_label(bars, labels=[format_bytes(h) for h in heights], fontsize=8, padding=2)
+    if max_bytes is not None and max(sizes.values()) >= max_bytes:
+        ax.axhline(
+            max_bytes,
+            color="firebrick",
+            linestyle="--",
+            linewidth=1,
+            label=f"max_bytes ({format_bytes(max_bytes)})",
+        )
+    ax.set_xticks(x, ["uint8 (8-bit)", "uint16 (16-bit)", "float32"])
+    ax.yaxis.set_major_formatter(lambda v, _pos: format_bytes(v))
+    ax.set_ylabel("size of the gene files")
+    ax.set_title(f"{plan.n_genes:,} genes x {plan.n_cells:,} cells ({note})", fontsize=9)
+    ax.margins(y=0.15)
+    ax.legend(frameon=False, fontsize=8)
+    return _finish(fig, ax, show, own_figure)
