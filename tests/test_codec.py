@@ -52,3 +52,29 @@ def test_decompress_refuses_trailing_bytes_and_truncation():
 def test_bad_levels(bad):
     with pytest.raises(ValueError, match="compression must be None or an integer from 1 to 9"):
         get_codec(bad)
+
+
+def real_gene_payloads(pbmc, tmp_path):
+    """Quantized gene vectors as the exporter writes them (pbmc68k_reduced, all genes, 8-bit)."""
+    res = pbmc.cellucid.export(tmp_path / "genes", layer="raw", compression=None, progress=False)
+    return [p.read_bytes() for p in sorted((res.path / "var").iterdir())]
+
+
+def test_every_level_no_larger_than_stdlib_on_real_genes(pbmc, tmp_path):
+    payloads = real_gene_payloads(pbmc, tmp_path)
+    for level in range(1, 10):
+        ours = sum(len(get_codec(level).encode(p)) for p in payloads)
+        stdlib = sum(len(gzip.compress(p, compresslevel=level, mtime=0)) for p in payloads)
+        assert ours <= stdlib, level
+
+
+def test_without_fast_libraries_the_standard_library_is_used(monkeypatch):
+    from cellucid_export import codec
+
+    monkeypatch.setattr(codec, "_zlib_ng_deflate", lambda level: None)
+    monkeypatch.setattr(codec, "_isal_deflate", lambda level: None)
+    data = gene_like_bytes()
+    for level in (1, 6):
+        c = codec.get_codec(level)
+        assert c.library == "zlib"
+        assert gzip.decompress(c.encode(data)) == data
