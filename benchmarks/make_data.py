@@ -23,6 +23,7 @@ Everything is seeded: the same command gives the same matrix.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -66,6 +67,8 @@ DENSITY = 0.08
 CHUNK_ENTRIES = 16_000_000
 #: Stored values copied per slab when moving data between files.
 SLAB = 16_000_000
+#: Stored values per gene block when transposing CSR to CSC (about 30 bytes of memory each).
+CSC_BLOCK_NNZ = 20_000_000
 
 GENE_PREFIXES = ("RPL", "RPS", "MT-ND", "HLA-D", "CD", "IL", "CCL", "KRT", "ZNF", "SLC", "LINC", "AC0", "AL")
 
@@ -144,7 +147,7 @@ def barcodes(n: int, seed: int) -> np.ndarray:
     ids = rng.choice(4**16, size=n, replace=False) if n < 10**7 else np.arange(n)
     digits = (ids[:, None] >> (2 * np.arange(15, -1, -1))) & 3
     letters = np.ascontiguousarray(np.frombuffer(b"ACGT", dtype="S1")[digits])
-    return (letters.view("S16").ravel().astype(str).astype(object) + "-1")
+    return letters.view("S16").ravel().astype(str).astype(object) + "-1"
 
 
 def gene_names(n: int, seed: int) -> np.ndarray:
@@ -210,7 +213,11 @@ def _sparse_group(f: h5py.File, fmt: str, shape, nnz: int, n_ptr: int):
     _attrs(g, f"{fmt}_matrix", shape=np.array(shape, dtype=np.int64))
     data = g.create_dataset("data", shape=(nnz,), dtype=np.float32)
     indices = g.create_dataset("indices", shape=(nnz,), dtype=np.int32)
-    indptr = g.create_dataset("indptr", shape=(n_ptr,), dtype=np.int64)
+    # scipy (and so anndata) uses 32-bit indptr while nnz fits; a 64-bit indptr beside 32-bit indices
+    # makes scipy copy the whole index arrays on every column access (getcol), which would slow the
+    # reference writer down tenfold on CSC input for a reason unrelated to its design.
+    ptr_dtype = np.int32 if nnz < 2**31 else np.int64
+    indptr = g.create_dataset("indptr", shape=(n_ptr,), dtype=ptr_dtype)
     return g, data, indices, indptr
 
 
@@ -235,7 +242,9 @@ def write_csr(path: Path, model: Model) -> None:
         nnz = int(indptr[-1])
         with h5py.File(path, "w") as f:
             write_frame(f, model)
-            _, data, indices, ptr = _sparse_group(f, "csr", (size.n_cells, size.n_genes), nnz, size.n_cells + 1)
+            _, data, indices, ptr = _sparse_group(
+                f, "csr", (size.n_cells, size.n_genes), nnz, size.n_cells + 1
+            )
             ptr[...] = indptr
             for src, ds, dt in ((dpath, data, np.float32), (ipath, indices, np.int32)):
                 for a in range(0, nnz, SLAB):
@@ -259,7 +268,7 @@ def write_dense(path: Path, model: Model) -> None:
 
 
 def write_csc(path: Path, model: Model, csr_path: Path) -> None:
-    """Transpose the CSR file out of core: one pass over it per block of about 40M stored values."""
+    """Transpose the CSR file out of core: one pass over it per block of CSC_BLOCK_NNZ stored values."""
     size = model.size
     with h5py.File(csr_path, "r") as src:
         g = src["X"]
@@ -270,22 +279,24 @@ def write_csc(path: Path, model: Model, csr_path: Path) -> None:
         for a in range(0, nnz, SLAB):
             col_counts += np.bincount(g["indices"][a : a + SLAB], minlength=size.n_genes)
         csc_ptr = np.concatenate([[0], np.cumsum(col_counts)])
-        # Gene blocks of about 40M values, at most 65535 genes (uint16 column ids sort by radix).
+        # Gene blocks of about CSC_BLOCK_NNZ values, at most 65535 genes (uint16 column ids sort by radix).
         bounds = [0]
         while bounds[-1] < size.n_genes:
             g0 = bounds[-1]
-            g1 = int(np.searchsorted(csc_ptr, csc_ptr[g0] + 40_000_000, side="right")) - 1
+            g1 = int(np.searchsorted(csc_ptr, csc_ptr[g0] + CSC_BLOCK_NNZ, side="right")) - 1
             bounds.append(min(size.n_genes, max(g0 + 1, g1), g0 + 65535))
         # Row chunks of the source, about SLAB values each.
         targets = np.arange(SLAB, nnz, SLAB)
         row_bounds = np.unique(np.concatenate([[0], np.searchsorted(src_ptr, targets), [size.n_cells]]))
         with h5py.File(path, "w") as f:
             write_frame(f, model)
-            _, data, indices, ptr = _sparse_group(f, "csc", (size.n_cells, size.n_genes), nnz, size.n_genes + 1)
+            _, data, indices, ptr = _sparse_group(
+                f, "csc", (size.n_cells, size.n_genes), nnz, size.n_genes + 1
+            )
             ptr[...] = csc_ptr
-            for g0, g1 in zip(bounds[:-1], bounds[1:]):
+            for g0, g1 in itertools.pairwise(bounds):
                 rows_p, cols_p, vals_p = [], [], []
-                for r0, r1 in zip(row_bounds[:-1], row_bounds[1:]):
+                for r0, r1 in itertools.pairwise(row_bounds):
                     a, b = int(src_ptr[r0]), int(src_ptr[r1])
                     ind = g["indices"][a:b]
                     keep = (ind >= g0) & (ind < g1)
@@ -322,8 +333,10 @@ def generate(name: str, force: bool = False) -> Path:
             generate(size_name)
         write_csc(partial, model, csr_path)
     os.replace(partial, path)
-    print(f"{name}: {size.n_cells:,} cells x {size.n_genes:,} genes, {storage}, "
-          f"{path.stat().st_size / 1e6:,.0f} MB in {time.perf_counter() - t0:.1f} s -> {path}")
+    print(
+        f"{name}: {size.n_cells:,} cells x {size.n_genes:,} genes, {storage}, "
+        f"{path.stat().st_size / 1e6:,.0f} MB in {time.perf_counter() - t0:.1f} s -> {path}"
+    )
     return path
 
 
@@ -337,7 +350,9 @@ def main(argv=None) -> int:
         for name, (size_name, storage) in VARIANTS.items():
             s = SIZES[size_name]
             mark = "  (exists)" if path_for(name).exists() else ""
-            print(f"{name:8} {s.n_cells:>9,} cells x {s.n_genes:>6,} genes  {storage:5}  {path_for(name)}{mark}")
+            print(
+                f"{name:8} {s.n_cells:>9,} cells x {s.n_genes:>6,} genes  {storage:5}  {path_for(name)}{mark}"
+            )
         return 0
     bad = [n for n in args.names if n not in VARIANTS]
     if bad:

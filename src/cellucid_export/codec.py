@@ -35,19 +35,11 @@ def _zlib_ng_deflate(level: int) -> Callable[[bytes], bytes] | None:
     return lambda data: zlib_ng.compress(data, level, -15)
 
 
-def _isal_deflate(level: int) -> Callable[[bytes], bytes] | None:
-    try:
-        from isal import isal_zlib
-    except ImportError:  # pragma: no cover
-        return None
-    return lambda data: isal_zlib.compress(data, level, -15)
-
-
 def _crc32() -> Callable[[bytes], int]:
     try:
-        from isal import isal_zlib
+        from zlib_ng import zlib_ng
 
-        return isal_zlib.crc32
+        return zlib_ng.crc32
     except ImportError:  # pragma: no cover
         return zlib.crc32
 
@@ -61,7 +53,7 @@ class Codec:
     level
         The user-facing level, 1 (fastest) to 9 (smallest).
     library
-        Which deflate implementation produces the stream (``"isal"``, ``"zlib-ng"`` or ``"zlib"``).
+        Which deflate implementation produces the stream (``"zlib-ng"`` or ``"zlib"``).
 
     """
 
@@ -84,9 +76,9 @@ class Codec:
 #: ====== ============= ============== ============================
 #: level  stdlib bytes  chosen          bytes, speed per core
 #: ====== ============= ============== ============================
-#: 1      2,577,870      isal 1         2,384,504, 980 MB/s
-#: 2      2,517,092      isal 1         2,384,504
-#: 3      2,419,265      isal 1         2,384,504
+#: 1      2,577,870      zlib-ng 2      2,286,038, 373 MB/s
+#: 2      2,517,092      zlib-ng 2      2,286,038
+#: 3      2,419,265      zlib-ng 2      2,286,038
 #: 4      2,261,366      zlib-ng 3      2,229,704, 283 MB/s
 #: 5      2,237,601      zlib-ng 5      2,072,600, 169 MB/s
 #: 6      2,215,543      zlib-ng 5      2,072,600 (stdlib: 50 MB/s)
@@ -95,12 +87,15 @@ class Codec:
 #: 9      2,051,142      zlib-ng 9      1,993,869, 15 MB/s
 #: ====== ============= ============== ============================
 #:
-#: So a level keeps its meaning (at least as small as ``gzip -N``) and runs 3-20x faster.
+#: So a level keeps its meaning (at least as small as ``gzip -N``) and runs 2-3x faster.
+#: ISA-L (python-isal) was faster still at levels 1-3 (980 MB/s), but its output was measured to
+#: change, rarely, when several threads compress at once (same data, different deflate stream):
+#: the export promises the same bytes whatever ``n_jobs``, so it is not used.
 #: ``benchmarks/run.py`` re-measures the sizes on each benchmark dataset.
 LEVEL_PLAN: dict[int, tuple[str, int]] = {
-    1: ("isal", 1),
-    2: ("isal", 1),
-    3: ("isal", 1),
+    1: ("zlib-ng", 2),
+    2: ("zlib-ng", 2),
+    3: ("zlib-ng", 2),
     4: ("zlib-ng", 3),
     5: ("zlib-ng", 5),
     6: ("zlib-ng", 5),
@@ -113,7 +108,7 @@ LEVEL_PLAN: dict[int, tuple[str, int]] = {
 def get_codec(level: int, library: str | None = None) -> Codec:
     """The gzip encoder for a level: the fastest library setting at least as small as zlib's.
 
-    See :data:`LEVEL_PLAN` for the measurements behind the choice. Without isal or zlib-ng the
+    See :data:`LEVEL_PLAN` for the measurements behind the choice. Without zlib-ng the
     standard library's zlib is used at the same level.
 
     Parameters
@@ -121,8 +116,7 @@ def get_codec(level: int, library: str | None = None) -> Codec:
     level
         Gzip level 1..9.
     library
-        Force one implementation at this level (``"isal"``, ``"zlib-ng"`` or ``"zlib"``); for
-        benchmarks and tests. ``isal`` only has levels 0-3 and uses ``min(level, 3)``.
+        Force one implementation at this level (``"zlib-ng"`` or ``"zlib"``); for benchmarks and tests.
 
     """
     if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level <= 9:
@@ -131,16 +125,14 @@ def get_codec(level: int, library: str | None = None) -> Codec:
         preferred, internal = LEVEL_PLAN[level]
         candidates = [(preferred, internal), ("zlib", level)]
     else:
-        candidates = [(library, min(level, 3) if library == "isal" else level)]
+        candidates = [(library, level)]
     for name, internal in candidates:
-        if name == "isal":
-            deflate = _isal_deflate(internal)
-        elif name == "zlib-ng":
+        if name == "zlib-ng":
             deflate = _zlib_ng_deflate(internal)
         elif name == "zlib":
             deflate = _stdlib_deflate(internal)
         else:
-            raise ValueError(f"Unknown gzip library {name!r}; use 'isal', 'zlib-ng' or 'zlib'.")
+            raise ValueError(f"Unknown gzip library {name!r}; use 'zlib-ng' or 'zlib'.")
         if deflate is not None:
             return Codec(level, name, deflate, _crc32())
     raise ImportError(f"The gzip library {library!r} is not installed.")  # pragma: no cover
