@@ -21,9 +21,9 @@ from .plan import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MEMORY_BUDGET,
     ExportPlan,
+    block_sizes,
     check_plan,
     format_bytes,
-    genes_per_block,
     parse_bytes,
 )
 from .quantize import quantize_block
@@ -214,9 +214,13 @@ def write_genes(
     suffix = ".values" + payload_suffix(ext, compression)
     names = [(safe_name(g) if layout == "name" else str(i)) + suffix for i, g in enumerate(sel.gene_ids)]
     codec = get_codec(int(compression)) if compression else None
-    # Up to three blocks are alive at once: one being written, one queued, one being read.
-    per_block = genes_per_block(
-        sel.n_cells, sel.source.nnz_fraction(), sel.source.is_sparse, var_quantization, memory_budget // 3
+    read_genes, payload_genes = block_sizes(
+        sel.n_cells,
+        sel.source.nnz_fraction(),
+        sel.source.is_sparse,
+        var_quantization,
+        memory_budget,
+        sel.source.bytes_per_value,
     )
     n = len(sel.gene_ids)
     lo = np.zeros(n, np.float32)
@@ -227,8 +231,11 @@ def write_genes(
     def quantized_blocks():
         # Scratch files (on-disk CSR with several blocks) live in the staging folder: same disk, cleaned up
         # with it on any failure.
-        for block in sel.source.blocks(sel.gene_idx, per_block, scratch_dir=folder):
-            yield quantize_block(block, var_quantization, constant_plus_one=layout == "name")
+        for block in sel.source.blocks(sel.gene_idx, read_genes, scratch_dir=folder):
+            # Dense payloads take more room than a sparse block: they are made a slice at a time.
+            for s in range(0, block.shape[1], payload_genes):
+                part = block[:, s : s + payload_genes]
+                yield quantize_block(part, var_quantization, constant_plus_one=layout == "name")
 
     bar = tqdm(total=n, unit="gene", desc="cellucid-export", disable=not progress, leave=False)
     start = 0

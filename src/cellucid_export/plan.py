@@ -175,14 +175,22 @@ def check_plan(plan: ExportPlan, target: os.PathLike, max_bytes: int | None) -> 
         )
 
 
-def genes_per_block(n_cells: int, nnz_fraction: float, sparse: bool, bits: int | None, budget: int) -> int:
-    """How many genes one block may hold within ``budget`` bytes of working memory.
+def block_sizes(
+    n_cells: int, nnz_fraction: float, sparse: bool, bits: int | None, budget: int, bytes_per_value: int = 32
+) -> tuple[int, int]:
+    """Genes per read block and per payload block within ``budget`` bytes of working memory.
 
-    Per gene, a sparse block holds about 32 bytes per stored value while it is assembled (row, column
-    and value arrays, then the CSC copy) plus the dense payload (``n_cells`` codes); a dense block holds
-    the float32 values, the float64 temporaries of quantization and the payload. Read chunks and
-    quantization temporaries are bounded separately (about 60 and 40 MB).
+    A sparse read block costs ``bytes_per_value`` per stored value while it is assembled (rows, columns and
+    values, then the CSC copy; the reader says how much it needs) and gets half the budget. Payload blocks
+    (``n_cells`` codes per gene) are cut from it; two are alive at once (one queued, one being written),
+    each with an eighth (the rest is headroom for the encoders' buffers). A dense block holds the float32 values, the float64 temporaries of quantization
+    and the payload, three blocks at a time. Read chunks and quantization temporaries are bounded
+    separately (about 60 and 40 MB).
     """
     out = n_cells * _ITEMSIZE[bits]
-    per_gene = n_cells * nnz_fraction * 32 + out if sparse else n_cells * 22 + out
-    return int(max(1, budget // max(1.0, per_gene)))
+    if not sparse:
+        per = int(max(1, budget // 3 // max(1, n_cells * 22 + out)))
+        return per, per
+    read = budget // 2 // max(1.0, n_cells * nnz_fraction * bytes_per_value)
+    payload = budget // 8 // max(1, out)
+    return int(max(1, read)), int(max(1, payload))

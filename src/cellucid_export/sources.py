@@ -61,6 +61,8 @@ class GeneBlockSource:
     shape: tuple[int, int]
     kind: str
     obs_idx: np.ndarray | None = field(default=None, repr=False)
+    #: Working bytes per stored value while a sparse block is assembled (sizes the blocks).
+    bytes_per_value = 32
 
     @property
     def is_sparse(self) -> bool:
@@ -200,6 +202,8 @@ class StreamedCSR(GeneBlockSource):
         self.group = group
         #: The scipy matrix itself when the arrays are in memory (None for a file).
         self.matrix = matrix if obs_idx is None else None
+        if self.matrix is not None:
+            self.bytes_per_value = 16  # scipy's column selection (a CSR copy), then its CSC copy
         self.indptr = group["indptr"][...].astype(np.int64)
         obs_idx = _as_index(obs_idx, shape[0])
         self.row_lut = _row_lut(obs_idx, shape[0])
