@@ -22,9 +22,9 @@ import scipy.sparse as sp
 from ._logging import logger
 from .codec import get_codec
 from .errors import CellucidExportError, InvalidParameterError
-from .quantize import MARKER, quantize_block
+from .quantize import MARKER, PAYLOAD_KINDS, quantize_block
 from .resolve import AnnDataParts, _show, name_layout_problems, safe_name
-from .writer import write_json
+from .writer import values_schema, write_json
 
 __all__ = [
     "DatasetError",
@@ -801,8 +801,7 @@ def _quantized(values: np.ndarray, bits: int | None, layout: str):
 def obs_manifest(plan: DatasetPlan, w: _Writer, layout: str) -> dict:
     """Write ``obs/`` and return ``obs_manifest.json`` (continuous fields first, then categorical)."""
     bits = plan.obs_continuous_quantization
-    ext = {8: "u8", 16: "u16", None: "f32"}[bits]
-    dtype = {8: "uint8", 16: "uint16", None: "float32"}[bits]
+    ext, dtype = PAYLOAD_KINDS[bits]
     key = "{key}" if layout == "name" else "{index}"
     gz = ".gz" if w.compression else ""
     cont, cat = [], []
@@ -822,14 +821,7 @@ def obs_manifest(plan: DatasetPlan, w: _Writer, layout: str) -> dict:
             cat.append([*prefix, f.categories, str(f.codes.dtype), marker, f.centroids, *bounds])
     schemas: dict = {}
     if cont:
-        schemas["continuous"] = {
-            "pathPattern": f"obs/{key}.values.{ext}{gz}",
-            "ext": ext,
-            "dtype": dtype,
-            "quantized": bits is not None,
-        }
-        if bits is not None:
-            schemas["continuous"]["quantizationBits"] = bits
+        schemas["continuous"] = values_schema("obs", key, bits, w.compression, with_kind=False)
     if cat:
         # Keys as the reference writers name them; the viewer substitutes {ext} per field.
         schemas["categorical"] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "CellucidExportError",
     "CellucidExportWarning",
+    "DiskFullError",
     "DuplicateGeneError",
     "ExportExistsError",
     "ExportTooLargeError",
@@ -63,6 +64,10 @@ class ExportTooLargeError(CellucidExportError, ValueError):
 
 class ExportExistsError(CellucidExportError, FileExistsError):
     """The target folder exists and ``overwrite=False``."""
+
+
+class DiskFullError(CellucidExportError, OSError):
+    """The disk filled up during the export (nothing is left at the target)."""
 
 
 class CellucidExportWarning(UserWarning):

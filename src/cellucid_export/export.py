@@ -26,7 +26,7 @@ from .plan import (
     format_bytes,
     parse_bytes,
 )
-from .quantize import quantize_block
+from .quantize import PAYLOAD_KINDS, quantize_block
 from .resolve import AnnDataParts, Selection, check_options, resolve, safe_name
 from .writer import (
     StagingFolder,
@@ -34,13 +34,12 @@ from .writer import (
     payload_suffix,
     prefetch,
     run_pool,
+    values_schema,
     write_json,
     write_payloads,
 )
 
 __all__ = ["ExportResult", "estimate_parts", "export_h5ad", "export_parts"]
-
-_EXT = {8: ("u8", "uint8"), 16: ("u16", "uint16"), None: ("f32", "float32")}
 
 
 @dataclass
@@ -168,17 +167,8 @@ def estimate_parts(
 
 def var_manifest(sel: Selection, layout: str, var_quantization, compression, lo, hi) -> dict:
     """``var_manifest.json`` as the format specifies (keys in this order)."""
-    ext, dtype = _EXT[var_quantization]
     key = "{key}" if layout == "name" else "{index}"
-    schema = {
-        "kind": "continuous",
-        "pathPattern": f"var/{key}.values{payload_suffix(ext, compression)}",
-        "ext": ext,
-        "dtype": dtype,
-        "quantized": var_quantization is not None,
-    }
-    if var_quantization is not None:
-        schema["quantizationBits"] = var_quantization
+    schema = values_schema("var", key, var_quantization, compression, with_kind=True)
     fields = []
     for i, gid in enumerate(sel.gene_ids):
         entry = [gid] if layout == "name" else [i, gid]
@@ -210,7 +200,7 @@ def write_genes(
     """Write ``var/`` into ``folder``; returns (bytes written, manifest, genes with NaN/Inf)."""
     var_dir = folder / "var"
     var_dir.mkdir()
-    ext, _ = _EXT[var_quantization]
+    ext, _ = PAYLOAD_KINDS[var_quantization]
     suffix = ".values" + payload_suffix(ext, compression)
     names = [(safe_name(g) if layout == "name" else str(i)) + suffix for i, g in enumerate(sel.gene_ids)]
     codec = get_codec(int(compression)) if compression else None

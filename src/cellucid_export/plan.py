@@ -13,7 +13,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import ExportTooLargeError, InvalidParameterError
+from .quantize import PAYLOAD_KINDS
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MEMORY_BUDGET", "ExportPlan", "check_plan", "parse_bytes"]
 
@@ -22,8 +25,8 @@ DEFAULT_MAX_BYTES = 8 * 10**9
 #: Default ``memory_budget``: working memory for gene blocks (read buffers, codes, payloads).
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 
-_ITEMSIZE = {8: 1, 16: 2, None: 4}
-_DTYPE = {8: "uint8", 16: "uint16", None: "float32"}
+_DTYPE = {bits: dtype for bits, (_, dtype) in PAYLOAD_KINDS.items()}
+_ITEMSIZE = {bits: np.dtype(dtype).itemsize for bits, dtype in _DTYPE.items()}
 _UNITS = {
     "": 1,
     "b": 1,

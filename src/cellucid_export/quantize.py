@@ -19,7 +19,9 @@ __all__ = ["MARKER", "STEPS", "QuantizedBlock", "dequantize", "quantize_block"]
 STEPS = {8: 254, 16: 65534}
 #: Code reserved for NaN / +Inf / -Inf.
 MARKER = {8: 255, 16: 65535}
-_DTYPES = {8: np.uint8, 16: np.uint16, None: np.float32}
+#: File extension and dtype of a payload, by bit depth (``None``: float32 values).
+PAYLOAD_KINDS = {8: ("u8", "uint8"), 16: ("u16", "uint16"), None: ("f32", "float32")}
+_DTYPES = {bits: np.dtype(dtype).newbyteorder("<") for bits, (_, dtype) in PAYLOAD_KINDS.items()}
 
 
 @dataclass

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import CREATED_AT, DATASET_ID, MAX_CATEGORIES, index_dtype
-from .quantize import MARKER, STEPS
+from .quantize import MARKER, PAYLOAD_KINDS, STEPS
 from .resolve import _show, name_layout_problems, safe_name
+from .writer import values_schema
 
 __all__ = ["validate"]
 
@@ -244,17 +245,10 @@ def _check_var(f: _Folder, m: dict, n_cells: int | None) -> tuple[int, str | Non
     if bits not in (8, 16, None):
         f.add(f"{name}: quantization must be 8, 16 or null.")
         return len(fields), None, facts
-    ext, dtype = {8: ("u8", "uint8"), 16: ("u16", "uint16"), None: ("f32", "float32")}[bits]
+    _, dtype = PAYLOAD_KINDS[bits]
     pattern = str(schema.get("pathPattern", ""))
     layout = _layout_of(pattern)
-    gz = ".gz" if comp else ""
-    want = {
-        "kind": "continuous",
-        "pathPattern": f"var/{{{'key' if layout == 'name' else 'index'}}}.values.{ext}{gz}",
-    }
-    want |= {"ext": ext, "dtype": dtype, "quantized": bits is not None}
-    if bits is not None:
-        want["quantizationBits"] = bits
+    want = values_schema("var", "{key}" if layout == "name" else "{index}", bits, comp, with_kind=True)
     if layout is None or schema != want:
         f.add(f"{name}: _varSchema must be {json.dumps(want)}, got {json.dumps(schema)}.")
         return len(fields), layout, facts
@@ -360,16 +354,12 @@ def _check_obs(f: _Folder, m: dict, n_cells: int, dims: list[int], comp) -> tupl
         s = schemas["categorical"]
         bits = {"u8": 8, "u16": 16}.get(s.get("outlierExt")) if s.get("outlierQuantized") else None
     facts["bits"] = bits
-    ext, dtype = {8: ("u8", "uint8"), 16: ("u16", "uint16"), None: ("f32", "float32")}.get(bits, ("?", "?"))
+    if bits not in (8, 16, None):
+        f.add(f"{name}: obs quantization bits must be 8, 16 or absent, got {bits!r}.")
+        return None, [], facts
+    ext, dtype = PAYLOAD_KINDS[bits]
     if cont:
-        want = {
-            "pathPattern": f"obs/{key}.values.{ext}{gz}",
-            "ext": ext,
-            "dtype": dtype,
-            "quantized": bits is not None,
-        }
-        if bits is not None:
-            want["quantizationBits"] = bits
+        want = values_schema("obs", key, bits, comp, with_kind=False)
         if schemas["continuous"] != want:
             f.add(f"{name}: _obsSchemas.continuous must be {json.dumps(want)}.")
     if cat:

@@ -16,28 +16,40 @@ import shutil
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from .codec import Codec
-from .errors import CellucidExportError, ExportExistsError
-from .quantize import QuantizedBlock
+from .errors import DiskFullError, ExportExistsError
+from .quantize import PAYLOAD_KINDS, QuantizedBlock
 
 __all__ = ["StagingFolder", "payload_suffix", "prefetch", "write_json", "write_payloads"]
-
-_EXT = {8: "u8", 16: "u16", None: "f32"}
-
-
-class DiskFullError(CellucidExportError, OSError):
-    """The disk filled up during the export."""
 
 
 def payload_suffix(kind_ext: str, compression: int | None) -> str:
     """``.u8`` / ``.u8.gz`` etc. The viewer decides whether to gunzip from the suffix alone."""
     return f".{kind_ext}" + (".gz" if compression else "")
+
+
+def values_schema(folder: str, key: str, bits: int | None, compression, *, with_kind: bool) -> dict:
+    """The manifest schema of continuous values (genes in ``var/``, continuous obs in ``obs/``).
+
+    ``key`` is the placeholder the viewer fills in: ``"{key}"`` (name layout) or ``"{index}"``.
+    """
+    ext, dtype = PAYLOAD_KINDS[bits]
+    schema = {"kind": "continuous"} if with_kind else {}
+    schema |= {
+        "pathPattern": f"{folder}/{key}.values{payload_suffix(ext, compression)}",
+        "ext": ext,
+        "dtype": dtype,
+        "quantized": bits is not None,
+    }
+    if bits is not None:
+        schema["quantizationBits"] = bits
+    return schema
 
 
 def write_json(path: Path, obj, *, indent: int | None = None) -> int:
@@ -204,6 +216,3 @@ def write_payloads(
 def run_pool(n_jobs: int) -> ThreadPoolExecutor:
     """The encoder thread pool."""
     return ThreadPoolExecutor(max_workers=max(1, n_jobs), thread_name_prefix="cellucid-export-gzip")
-
-
-Progress = Callable[[int], None]
