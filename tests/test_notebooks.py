@@ -6,10 +6,9 @@ import os
 import time
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat", reason="the notebooks need the doc extra: pip install -e '.[doc]'")
-nbclient = pytest.importorskip("nbclient", reason="the notebooks need the doc extra: pip install -e '.[doc]'")
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
