@@ -102,16 +102,39 @@ def test_dequantize_marks_missing(bits):
     assert out[0] == -1.0 and out[1] == 1.0 and np.isnan(out[2])
 
 
-def test_chunked_quantization_matches_one_chunk(monkeypatch):
-    from cellucid_export import quantize
+@pytest.mark.parametrize("bits", [8, 16, None])
+def test_every_block_kind_quantizes_alike(bits):
+    """Dense, CSC and CSR records (split into parts, in shuffled order) give the same payload."""
+    from cellucid_export._kernels import RECORD
+    from cellucid_export.blocks import GeneRecords, SparseStats
 
     rng = np.random.default_rng(5)
     x = sp.random(300, 50, density=0.1, format="csc", dtype=np.float32, random_state=rng)
+    x.data = (np.log1p(x.data * 10) - 0.5 * (np.arange(x.nnz) % 7 == 0)).astype(np.float32)
     x.data[::17] = np.nan
-    whole = quantize_block(x, 8, constant_plus_one=True)
-    monkeypatch.setattr(quantize, "QUANTIZE_CHUNK_NNZ", 7)
-    pieces = quantize_block(x, 8, constant_plus_one=True)
-    np.testing.assert_array_equal(whole.payload, pieces.payload)
-    np.testing.assert_array_equal(whole.lo, pieces.lo)
-    np.testing.assert_array_equal(whole.hi, pieces.hi)
-    np.testing.assert_array_equal(whole.n_nan, pieces.n_nan)
+    x.data[5::41] = np.inf
+    x = sp.csc_matrix(sp.hstack([x[:, :3], np.full((300, 1), 2.5, np.float32), x[:, 4:]]))  # constant gene
+    dense = quantize_block(x.toarray(), bits, constant_plus_one=True)
+    csc = quantize_block(x, bits, constant_plus_one=True)
+    coo = x.tocoo()
+    rec = np.empty(coo.nnz, RECORD)
+    rec["row"], rec["gene"], rec["val"] = coo.row, coo.col + 10, coo.data  # genes 10.. of a larger block
+    rec = rec[rng.permutation(coo.nnz)]
+    stats = SparseStats.empty(60)
+    for g in range(50):
+        col = x[:, g].data
+        ok = col[np.isfinite(col)]
+        stats.vmin[10 + g] = ok.min() if ok.size else np.inf
+        stats.vmax[10 + g] = ok.max() if ok.size else -np.inf
+        stats.n_stored[10 + g], stats.n_nan[10 + g] = col.size, np.isnan(col).sum()
+        stats.n_inf[10 + g] = np.isinf(col).sum()
+    records = GeneRecords(300, np.array_split(rec, 4), stats, 0, 60)[:, 10:60]
+    from_records = quantize_block(records, bits, constant_plus_one=True)
+    np.testing.assert_array_equal(records.toarray(), x.toarray())
+    for q in (csc, from_records):
+        np.testing.assert_array_equal(q.payload, dense.payload)
+        np.testing.assert_array_equal(q.n_nan, dense.n_nan)
+        np.testing.assert_array_equal(q.n_inf, dense.n_inf)
+        if bits is not None:
+            np.testing.assert_array_equal(q.lo, dense.lo)
+            np.testing.assert_array_equal(q.hi, dense.hi)

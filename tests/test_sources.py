@@ -102,13 +102,13 @@ def test_budget_and_threads_do_not_change_bytes(h5ads, tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "READ_CHUNK_NNZ", 97)
     monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 4096)
     passes = []
-    real_entries = sources.StreamedCSR._entries
+    real_pass = sources.StreamedCSR._bucketed
 
-    def counting_entries(self, *a, **k):
+    def counting_pass(self, *a, **k):
         passes.append(1)
-        return real_entries(self, *a, **k)
+        return real_pass(self, *a, **k)
 
-    monkeypatch.setattr(sources.StreamedCSR, "_entries", counting_entries)
+    monkeypatch.setattr(sources.StreamedCSR, "_bucketed", counting_pass)
     for kind in ("csr", "csc", "dense"):
         for n_jobs in (1, 3):
             with h5py.File(h5ads[kind]) as f:

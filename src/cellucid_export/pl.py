@@ -24,7 +24,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import scipy.sparse as sp
 
 from ._logging import logger
 from .codec import gzip_decompress
@@ -125,7 +124,7 @@ def _adata_values(adata, gene_id: str, layer: str | None, gene_id_column: str | 
     block = next(iter(blocks))
     with contextlib.suppress(AttributeError):
         blocks.close()
-    column = block.toarray() if sp.issparse(block) else np.asarray(block)
+    column = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
     return column.ravel().astype(np.float32), sel.source_name
 
 

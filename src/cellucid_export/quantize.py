@@ -1,6 +1,6 @@
 """Per-gene quantization, vectorised over a block of genes.
 
-A block is ``(n_cells, n_genes)``, dense or CSC. The result is gene-major (one contiguous row per
+A block is ``(n_cells, n_genes)``: dense, CSC, or gene records from a CSR reader. The result is gene-major (one contiguous row per
 gene, ready to be written as that gene's file) plus each gene's bounds. For a sparse block only the
 stored values are quantized; every other cell gets the code of 0.0, so the work is O(nnz) plus one
 byte fill per cell and gene, never a float pass over the dense matrix.
@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+
+from . import _kernels as kernels
+from .blocks import GeneRecords, SparseStats
 
 __all__ = ["MARKER", "STEPS", "QuantizedBlock", "dequantize", "quantize_block"]
 
@@ -90,75 +93,47 @@ def _quantize_dense(block: np.ndarray, bits: int | None, constant_plus_one: bool
     return QuantizedBlock(codes, lo, hi, n_nan, n_inf)
 
 
-def _segment_reduce(ufunc, data, indptr, counts, empty):
-    """``ufunc`` over each column's stored values; ``empty`` for columns without any."""
-    out = np.full(len(counts), empty, dtype=np.float64)
-    nonempty = counts > 0
-    if nonempty.any():
-        out[nonempty] = ufunc.reduceat(data, indptr[:-1][nonempty])
-    return out
+def _sparse_scale(stats: SparseStats, n_cells: int, bits: int, constant_plus_one: bool):
+    """Bounds and float64 scale of sparse genes, whose cells without a stored value hold 0.0."""
+    has_zero = stats.n_stored < n_cells  # implicit zeros are ordinary values
+    vmin = np.where(has_zero, np.minimum(stats.vmin, 0.0), stats.vmin)
+    vmax = np.where(has_zero, np.maximum(stats.vmax, 0.0), stats.vmax)
+    any_valid = np.isfinite(vmin)
+    lo, hi = _bounds(vmin, vmax, any_valid, constant_plus_one)
+    scale = _scale(lo, np.where(any_valid, vmax, 0).astype(np.float32), bits)
+    return lo, hi, scale
 
 
-#: Stored values quantized at a time: bounds the float64 temporaries (about 40 bytes per value).
-QUANTIZE_CHUNK_NNZ = 1_000_000
-
-
-def _gene_ranges(indptr: np.ndarray, max_nnz: int):
-    """Consecutive gene ranges holding at most ``max_nnz`` stored values each (at least one gene)."""
-    n, g0 = len(indptr) - 1, 0
-    while g0 < n:
-        g1 = int(np.searchsorted(indptr, indptr[g0] + max_nnz, side="right")) - 1
-        g1 = min(n, max(g1, g0 + 1))
-        yield g0, g1
-        g0 = g1
-
-
-def _quantize_csc(block: sp.csc_matrix, bits: int | None, constant_plus_one: bool) -> QuantizedBlock:
+def _quantize_sparse(block, stats: SparseStats, bits: int | None, constant_plus_one: bool) -> QuantizedBlock:
+    """Payload of a CSC block or of gene records: the code of 0.0 everywhere, then each stored value."""
     n_cells, n_genes = block.shape
-    block.sort_indices()
-    indptr = block.indptr.astype(np.int64)
-    dtype = _DTYPES[bits]
     # Zero-filled memory comes free from the OS; most genes (log1p) have the code 0 for a 0 anyway.
-    payload = np.zeros((n_genes, n_cells), dtype)
-    n_nan = np.zeros(n_genes, np.int64)
-    n_inf = np.zeros(n_genes, np.int64)
-    lo = np.zeros(n_genes, np.float32)
-    hi = np.zeros(n_genes, np.float64)
-    for g0, g1 in _gene_ranges(indptr, QUANTIZE_CHUNK_NNZ):
-        a, b = indptr[g0], indptr[g1]
-        data = block.data[a:b].astype(np.float32, copy=False)
-        rows = block.indices[a:b]
-        counts = np.diff(indptr[g0 : g1 + 1])
-        k = g1 - g0
-        gene_of = np.repeat(np.arange(k), counts)
-        nan = np.isnan(data)
-        valid = np.isfinite(data)
-        n_nan[g0:g1] = np.bincount(gene_of[nan], minlength=k)
-        n_inf[g0:g1] = np.bincount(gene_of[~valid], minlength=k) - n_nan[g0:g1]
-        if bits is None:
-            payload[g0 + gene_of, rows] = data
-            continue
-        has_zero = counts < n_cells  # implicit zeros are ordinary values
-        local_ptr = indptr[g0 : g1 + 1] - a
-        vmin = _segment_reduce(np.minimum, np.where(valid, data, np.inf), local_ptr, counts, np.inf)
-        vmax = _segment_reduce(np.maximum, np.where(valid, data, -np.inf), local_ptr, counts, -np.inf)
-        vmin = np.where(has_zero, np.minimum(vmin, 0.0), vmin)
-        vmax = np.where(has_zero, np.maximum(vmax, 0.0), vmax)
-        any_valid = np.isfinite(vmin)
-        glo, ghi = _bounds(vmin, vmax, any_valid, constant_plus_one)
-        lo[g0:g1], hi[g0:g1] = glo, ghi
-        scale = _scale(glo, np.where(any_valid, vmax, 0).astype(np.float32), bits)
-        lo64 = glo.astype(np.float64)
-        zero_code = _codes(np.zeros(k, np.float32), lo64, scale, bits)
-        for g in np.flatnonzero(zero_code):
-            payload[g0 + g] = zero_code[g]
-        filled = np.where(valid, data, glo[gene_of])
-        nz = _codes(filled, lo64[gene_of], scale[gene_of], bits)
-        nz[~valid] = MARKER[bits]
-        payload[g0 + gene_of, rows] = nz
+    payload = np.zeros((n_genes, n_cells), _DTYPES[bits])
     if bits is None:
-        return QuantizedBlock(payload, None, None, n_nan, n_inf)
-    return QuantizedBlock(payload, lo, hi, n_nan, n_inf)
+        if isinstance(block, GeneRecords):
+            for part in block.parts:
+                kernels.scatter_record_values(part, block.g0, block.g1, payload)
+        else:
+            kernels.scatter_csc_values(block.indptr, block.indices, block.data, payload)
+        return QuantizedBlock(payload, None, None, stats.n_nan, stats.n_inf)
+    lo, hi, scale = _sparse_scale(stats, n_cells, bits, constant_plus_one)
+    lo64 = lo.astype(np.float64)
+    zero_code = _codes(np.zeros(n_genes, np.float32), lo64, scale, bits)
+    for g in np.flatnonzero(zero_code):
+        payload[g] = zero_code[g]
+    args = (lo64, scale, STEPS[bits], MARKER[bits], payload)
+    if isinstance(block, GeneRecords):
+        for part in block.parts:
+            kernels.scatter_records(part, block.g0, block.g1, *args)
+    else:
+        kernels.scatter_csc(block.indptr, block.indices, block.data, *args)
+    return QuantizedBlock(payload, lo, hi, stats.n_nan, stats.n_inf)
+
+
+def _csc_stats(block: sp.csc_matrix) -> SparseStats:
+    stats = SparseStats.empty(block.shape[1])
+    kernels.csc_stats(block.indptr, block.data, *stats.arrays())
+    return stats
 
 
 def quantize_block(block, bits: int | None, *, constant_plus_one: bool) -> QuantizedBlock:
@@ -167,7 +142,8 @@ def quantize_block(block, bits: int | None, *, constant_plus_one: bool) -> Quant
     Parameters
     ----------
     block
-        ``(n_cells, n_genes)`` dense array or CSC matrix of float32 values.
+        ``(n_cells, n_genes)`` dense array, sparse matrix (CSC is used as is) or
+        :class:`~cellucid_export.blocks.GeneRecords` of float32 values.
     bits
         8, 16, or ``None`` to keep float32 values unchanged.
     constant_plus_one
@@ -180,8 +156,13 @@ def quantize_block(block, bits: int | None, *, constant_plus_one: bool) -> Quant
     (NaN, +/-Inf) get the marker; a gene with no valid value has bounds ``(0, 1)``.
 
     """
+    if isinstance(block, GeneRecords):
+        return _quantize_sparse(block, block.stats, bits, constant_plus_one)
     if sp.issparse(block):
-        return _quantize_csc(sp.csc_matrix(block), bits, constant_plus_one)
+        block = sp.csc_matrix(block)
+        if block.dtype != np.float32:
+            block = block.astype(np.float32)
+        return _quantize_sparse(block, _csc_stats(block), bits, constant_plus_one)
     return _quantize_dense(block, bits, constant_plus_one)
 
 

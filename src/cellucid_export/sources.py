@@ -1,12 +1,12 @@
 """Gene-block readers: turn any supported matrix into blocks of selected genes.
 
 Every reader yields, for consecutive runs of the requested genes (in export order), a block of
-shape ``(n_cells, n_block_genes)``: a dense ``float32`` array for dense sources, a
-``float32`` CSC matrix for sparse ones. Quantization can then work on the stored values of a
-sparse block only.
+shape ``(n_cells, n_block_genes)``: a dense ``float32`` array for dense sources, a ``float32``
+CSC matrix for CSC and other sparse ones, and :class:`~cellucid_export.blocks.GeneRecords` for
+CSR. Quantization can then work on the stored values of a sparse block only.
 
-Readers never loop ``X[:, j]`` over an on-disk matrix: a CSR file is streamed in row chunks once
-per block, a CSC file is sliced through its ``indptr``, and a dense dataset is read in row slabs.
+Readers never loop ``X[:, j]`` over an on-disk matrix: a CSR matrix is streamed in row chunks once
+per export, a CSC file is sliced through its ``indptr``, and a dense dataset is read in row slabs.
 Memory is bounded by the block size (chosen by :mod:`cellucid_export.plan`) plus one read chunk.
 """
 
@@ -21,6 +21,10 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from . import _kernels as kernels
+from ._kernels import RECORD
+from .blocks import GeneRecords, SparseStats
+
 __all__ = ["GeneBlockSource", "open_source"]
 
 #: Stored values read from disk per chunk when streaming a CSR file (about 60 MB of working buffers).
@@ -28,7 +32,7 @@ READ_CHUNK_NNZ = 2_000_000
 #: Bytes of a dense on-disk row slab.
 READ_CHUNK_BYTES = 64 * 2**20
 
-Block = np.ndarray | sp.csc_matrix
+Block = np.ndarray | sp.csc_matrix | GeneRecords
 
 
 def _as_index(idx, n: int) -> np.ndarray | None:
@@ -194,16 +198,16 @@ class StreamedCSR(GeneBlockSource):
     """A CSR matrix streamed in row chunks: an HDF5 group on disk, or the arrays of one in memory.
 
     ``group`` is anything holding ``data``, ``indices`` and ``indptr`` that slices like an array.
-    A CSR matrix stores cells, not genes, so reading a gene means scanning every cell: one block is
-    one sequential pass; more blocks are sorted into scratch files in that same single pass.
+    A CSR matrix stores cells, not genes, so reading a gene means scanning every cell. The file is
+    therefore read exactly once per export: each stored value of an exported gene becomes a record
+    (cell, gene, value) in its block's bucket, and each gene's statistics are gathered on the way.
+    With more than one block, the buckets are kept in scratch files until their turn.
     """
 
-    def __init__(self, group, shape, obs_idx=None, kind: str = "on-disk CSR", matrix=None):
+    bytes_per_value = RECORD.itemsize
+
+    def __init__(self, group, shape, obs_idx=None, kind: str = "on-disk CSR"):
         self.group = group
-        #: The scipy matrix itself when the arrays are in memory (None for a file).
-        self.matrix = matrix if obs_idx is None else None
-        if self.matrix is not None:
-            self.bytes_per_value = 16  # scipy's column selection (a CSR copy), then its CSC copy
         self.indptr = group["indptr"][...].astype(np.int64)
         obs_idx = _as_index(obs_idx, shape[0])
         self.row_lut = _row_lut(obs_idx, shape[0])
@@ -232,107 +236,80 @@ class StreamedCSR(GeneBlockSource):
         )
         return _f32(m[rows - lo].toarray())
 
-    def _chunks(self) -> Iterator[tuple[int, int]]:
+    def _chunks(self) -> list[tuple[int, int]]:
         """Row ranges holding about READ_CHUNK_NNZ stored values each."""
         nnz = int(self.indptr[-1])
         targets = np.arange(READ_CHUNK_NNZ, nnz, READ_CHUNK_NNZ)
         bounds = np.unique(np.concatenate([[0], np.searchsorted(self.indptr, targets), [self._file_rows]]))
-        yield from zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+        return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
 
-    def _entries(
-        self, block_of: np.ndarray
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """One sequential pass: (block id, output row, file column, value) of the stored values kept.
+    def _row_runs(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """(first row, row pointers, column indices, float32 values) of consecutive row chunks.
 
-        ``block_of`` maps each file column to its block, or -1 for genes that are not exported.
+        Arrays in memory are sliced without copying; a file is read into buffers reused from chunk
+        to chunk, so reading allocates nothing per chunk.
         """
+        chunks = self._chunks()
         data_ds, ind_ds = self.group["data"], self.group["indices"]
-        for r0, r1 in self._chunks():
+        on_disk = isinstance(data_ds, h5py.Dataset)
+        if on_disk and chunks:
+            longest = max(int(self.indptr[r1] - self.indptr[r0]) for r0, r1 in chunks)
+            ind_buf = np.empty(longest, ind_ds.dtype)
+            val_buf = np.empty(longest, data_ds.dtype)
+        for r0, r1 in chunks:
             a, b = int(self.indptr[r0]), int(self.indptr[r1])
             if a == b:
                 continue
-            cols = ind_ds[a:b]
-            blocks = block_of[cols]
-            rows = np.repeat(np.arange(r0, r1, dtype=np.int32), np.diff(self.indptr[r0 : r1 + 1]))
-            if self.row_lut is not None:
-                rows = self.row_lut[rows]
-                keep = (blocks >= 0) & (rows >= 0)
+            if on_disk:
+                ind, val = ind_buf[: b - a], val_buf[: b - a]
+                ind_ds.read_direct(ind, np.s_[a:b], np.s_[0 : b - a])
+                data_ds.read_direct(val, np.s_[a:b], np.s_[0 : b - a])
             else:
-                keep = blocks >= 0
-            vals = data_ds[a:b]
-            if keep.all():
-                yield blocks, rows, cols, vals
-            else:
-                yield blocks[keep], rows[keep], cols[keep], vals[keep]
+                ind, val = ind_ds[a:b], data_ds[a:b]
+            yield r0, self.indptr[r0 : r1 + 1] - a, ind, _f32(val)
 
-    def _to_csc(self, rows, cols, vals, pos_of: np.ndarray, n_genes: int) -> sp.csc_matrix:
-        coo = sp.coo_matrix(
-            (vals.astype(np.float32, copy=False), (rows.astype(np.int32), pos_of[cols].astype(np.int32))),
-            shape=(self.shape[0], n_genes),
-        )
-        return _csc_f32(coo)
-
-    def _read_genes(self, idx):
-        block_of = np.full(self.shape[1], -1, dtype=np.int32)
-        block_of[idx] = 0
-        pos_of = np.zeros(self.shape[1], dtype=np.int32)
-        pos_of[idx] = np.arange(len(idx))
-        parts = list(self._entries(block_of))
-        if not parts:
-            return sp.csc_matrix((self.shape[0], len(idx)), dtype=np.float32)
-        rows, cols, vals = (np.concatenate([p[k] for p in parts]) for k in (1, 2, 3))
-        del parts
-        return self._to_csc(rows, cols, vals, pos_of, len(idx))
+    def _bucketed(self, pos_of, genes_per_block, n_blocks, stats) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One sequential pass: each chunk's records grouped by block, with the block bounds."""
+        lut = self.row_lut if self.row_lut is not None else np.empty(0, np.int32)
+        for r0, ptr, ind, val in self._row_runs():
+            yield kernels.bucket_csr_rows(
+                ptr, ind, val, r0, lut, pos_of, genes_per_block, n_blocks, *stats.arrays()
+            )
 
     def blocks(self, gene_idx, genes_per_block, scratch_dir=None):
-        """Blocks of genes; several blocks cost one pass over the file plus a scratch copy of their values.
+        """Blocks of genes as :class:`~cellucid_export.blocks.GeneRecords`, from one pass over the matrix.
 
-        A CSR file stores cells, not genes, so every block would otherwise need a full pass. With more than
-        one block the stored values of the selected genes are sorted into per-block scratch files in a
-        single pass (about 12 bytes per value, in ``scratch_dir`` or the system temporary folder), then each
-        block is loaded from its own file.
+        With more than one block, each block's records (12 bytes per stored value) wait in a scratch file
+        in ``scratch_dir`` (or the system temporary folder) until the pass is over and their turn comes.
         """
         gene_idx = np.asarray(gene_idx, dtype=np.int64)
-        genes_per_block = max(1, genes_per_block)
-        if len(gene_idx) <= genes_per_block:
-            if self.matrix is not None:
-                # In memory, scipy's own column selection is faster than a scan in Python-sized chunks.
-                yield _csc_f32(self.matrix[:, gene_idx])
-            else:
-                yield self._read_genes(gene_idx)
+        n_genes = len(gene_idx)
+        per = max(1, genes_per_block)
+        n_blocks = max(1, -(-n_genes // per))
+        pos_of = np.full(self.shape[1], -1, dtype=np.int32)
+        pos_of[gene_idx] = np.arange(n_genes, dtype=np.int32)
+        stats = SparseStats.empty(n_genes)
+        if n_blocks == 1:
+            parts = [rec for rec, _ in self._bucketed(pos_of, per, 1, stats)]
+            yield GeneRecords(self.shape[0], parts, stats, 0, n_genes)
             return
-        n_blocks = -(-len(gene_idx) // genes_per_block)
-        block_of = np.full(self.shape[1], -1, dtype=np.int32)
-        block_of[gene_idx] = np.arange(len(gene_idx)) // genes_per_block
-        pos_of = np.zeros(self.shape[1], dtype=np.int32)
-        pos_of[gene_idx] = np.arange(len(gene_idx)) % genes_per_block
         with tempfile.TemporaryDirectory(prefix="cellucid-export-", dir=scratch_dir) as tmp:
             paths = [Path(tmp) / f"block{b}.bin" for b in range(n_blocks)]
             handles = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below, together
             try:
-                for blocks, rows, cols, vals in self._entries(block_of):
-                    # A stable sort of 16-bit keys is a radix sort in numpy: O(n), where int32 keys would
-                    # take a comparison sort.
-                    keys = blocks.astype(np.uint16) if n_blocks <= 2**16 else blocks
-                    order = np.argsort(keys, kind="stable")
-                    bounds = np.concatenate([[0], np.cumsum(np.bincount(blocks, minlength=n_blocks))])
-                    rec = np.empty(len(order), dtype=_SPILL)
-                    rec["row"], rec["col"], rec["val"] = rows[order], cols[order], vals[order]
+                for rec, bounds in self._bucketed(pos_of, per, n_blocks, stats):
+                    raw = rec.view(np.uint8).reshape(-1, RECORD.itemsize)
                     for b in np.flatnonzero(np.diff(bounds)):
-                        handles[b].write(rec[bounds[b] : bounds[b + 1]].tobytes())
+                        handles[b].write(raw[bounds[b] : bounds[b + 1]])
             finally:
                 for h in handles:
                     h.close()
             for b, path in enumerate(paths):
-                rec = np.fromfile(path, dtype=_SPILL)
+                rec = np.fromfile(path, dtype=RECORD)
                 path.unlink()
-                n = min(genes_per_block, len(gene_idx) - b * genes_per_block)
-                yield self._to_csc(rec["row"], rec["col"], rec["val"], pos_of, n)
+                g0, g1 = b * per, min(n_genes, (b + 1) * per)
+                yield GeneRecords(self.shape[0], [rec], stats[g0:g1], 0, g1 - g0)
                 del rec
-
-
-#: One stored value in a scratch file: output row, file column, value.
-_SPILL = np.dtype([("row", "<i4"), ("col", "<i4"), ("val", "<f4")])
 
 
 class OnDiskCSC(GeneBlockSource):
@@ -456,7 +433,7 @@ def open_source(x, obs_idx=None) -> GeneBlockSource:
     if sp.issparse(x) and x.format == "csr":
         # Streamed like a file: selecting columns of a CSR matrix costs a full scan per block otherwise.
         arrays = {"data": x.data, "indices": x.indices, "indptr": x.indptr}
-        return StreamedCSR(arrays, x.shape, obs_idx, kind="in-memory sparse CSR", matrix=x)
+        return StreamedCSR(arrays, x.shape, obs_idx, kind="in-memory sparse CSR")
     if sp.issparse(x):
         return InMemorySparse(x, obs_idx)
     if type(x).__module__.startswith("dask"):
