@@ -30,7 +30,7 @@ def test_troubleshooting_messages_exist_in_code():
 # Every message the package can raise is documented, and every error class.
 
 # Messages a user cannot meet: raised and caught inside the package.
-INTERNAL_MESSAGES = ("non-standard JSON value", "GeneRecords can only be sliced")
+INTERNAL_MESSAGES = ("non-standard JSON value", "SparseGenes can only be sliced")
 
 
 def _literal_text(node: ast.AST) -> str:

@@ -106,7 +106,7 @@ def test_dequantize_marks_missing(bits):
 def test_every_block_kind_quantizes_alike(bits):
     """Dense, CSC and CSR records (split into parts, in shuffled order) give the same payload."""
     from cellucid_export._kernels import RECORD
-    from cellucid_export.blocks import GeneRecords, SparseStats
+    from cellucid_export.blocks import CSRPass, GeneRecords, SparseStats
 
     rng = np.random.default_rng(5)
     x = sp.random(300, 50, density=0.1, format="csc", dtype=np.float32, random_state=rng)
@@ -128,10 +128,21 @@ def test_every_block_kind_quantizes_alike(bits):
         stats.vmax[10 + g] = ok.max() if ok.size else -np.inf
         stats.n_stored[10 + g], stats.n_nan[10 + g] = col.size, np.isnan(col).sum()
         stats.n_inf[10 + g] = np.isinf(col).sum()
-    records = GeneRecords(300, np.array_split(rec, 4), stats, 0, 60)[:, 10:60]
+    records = GeneRecords(300, stats, 0, 60, np.array_split(rec, 4))[:, 10:60]
     from_records = quantize_block(records, bits, constant_plus_one=True)
     np.testing.assert_array_equal(records.toarray(), x.toarray())
-    for q in (csc, from_records):
+    # The same genes read from CSR rows (in three runs), their file columns reversed.
+    csr = sp.csr_matrix(x[:, ::-1])
+    pos_of = np.arange(49, -1, -1, dtype=np.int32) + 10
+
+    def runs():
+        for r0, r1 in ((0, 100), (100, 101), (101, 300)):
+            a, b = csr.indptr[r0], csr.indptr[r1]
+            yield r0, csr.indptr[r0 : r1 + 1] - a, csr.indices[a:b], csr.data[a:b]
+
+    passes = CSRPass(300, stats, 0, 60, runs, pos_of, np.empty(0, np.int32))[:, 10:60]
+    from_passes = quantize_block(passes, bits, constant_plus_one=True)
+    for q in (csc, from_records, from_passes):
         np.testing.assert_array_equal(q.payload, dense.payload)
         np.testing.assert_array_equal(q.n_nan, dense.n_nan)
         np.testing.assert_array_equal(q.n_inf, dense.n_inf)

@@ -80,7 +80,7 @@ def test_failure_mid_export_leaves_nothing(tmp_path, monkeypatch, exc):
 
     monkeypatch.setattr(export, "write_payloads", flaky)
     with pytest.raises(type(exc)):
-        a.cellucid.export(target, memory_budget=20_000, progress=False)
+        a.cellucid.export(target, memory_budget=6_000, progress=False)
     assert calls["n"] == 3
     assert list(tmp_path.iterdir()) == []
 

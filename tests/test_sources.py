@@ -95,32 +95,40 @@ def test_backed_sources_are_streamed(adata, h5ads):
     assert isinstance(sources.open_source(backed.X), sources.StreamedCSR)
 
 
-def test_budget_and_threads_do_not_change_bytes(h5ads, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rereads", [True, False], ids=["passes", "scratch-files"])
+def test_budget_and_threads_do_not_change_bytes(h5ads, tmp_path, monkeypatch, rereads):
     kw = {**OPTS, "genes": None}
     ref = folder_digest(cellucid_export.export_h5ad(h5ads["csr"], tmp_path / "ref", **kw).path)
     # A tiny read chunk and budget force many row chunks and many gene blocks.
     monkeypatch.setattr(sources, "READ_CHUNK_NNZ", 97)
     monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(sources, "_cheap_to_reread", lambda *arrays: rereads)
     passes = []
-    real_pass = sources.StreamedCSR._bucketed
+    real_runs = sources.StreamedCSR._row_runs
 
-    def counting_pass(self, *a, **k):
+    def counting_runs(self):
         passes.append(1)
-        return real_pass(self, *a, **k)
+        return real_runs(self)
 
-    monkeypatch.setattr(sources.StreamedCSR, "_bucketed", counting_pass)
+    monkeypatch.setattr(sources.StreamedCSR, "_row_runs", counting_runs)
     for kind in ("csr", "csc", "dense"):
         for n_jobs in (1, 3):
             with h5py.File(h5ads[kind]) as f:
                 src = sources.open_source(f["X"])
                 n_blocks = sum(1 for _ in src.blocks(np.arange(80), 7))
             assert n_blocks == 12
+            passes.clear()
             res = cellucid_export.export_h5ad(
                 h5ads[kind], tmp_path / f"{kind}-{n_jobs}", memory_budget=20_000, n_jobs=n_jobs, **kw
             )
             assert folder_digest(res.path) == ref, (kind, n_jobs)
-    # On-disk CSR: however many blocks, the file is read once per export (through scratch files).
-    assert len(passes) == 2 * 2  # one block-count probe and one export, for each n_jobs
+            if kind == "csr" and rereads:
+                # One pass for the statistics, then one per payload of 20_000 // 3 // 500 = 13 genes.
+                assert len(passes) == 1 + -(-80 // 13)
+            elif kind == "csr":
+                assert len(passes) == 1  # however many blocks: through scratch files
+            else:
+                assert passes == []
 
 
 def test_backed_view(h5ads, adata, tmp_path):

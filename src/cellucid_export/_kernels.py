@@ -1,10 +1,18 @@
 """Compiled loops over the stored values of a sparse matrix (numba).
 
-Exporting a sparse matrix is O(nnz) work: sort each stored value to its gene, keep each gene's
-minimum and maximum, then write each value's code into that gene's payload. In numpy every one of
-those steps is a separate pass with its own temporary arrays; here each is one loop, and every
-kernel releases the GIL so it runs beside the gzip threads. Compiled code is cached on disk, so
-only the first export on a machine pays for compilation.
+Exporting a sparse matrix is O(nnz) work: find each stored value's gene, keep each gene's minimum
+and maximum, then write each value's code into that gene's payload. In numpy every one of those
+steps is a separate pass with its own temporary arrays; here each is one loop, and every kernel
+releases the GIL so it runs beside the gzip threads. Compiled code is cached on disk, so only the
+first export on a machine pays for compilation.
+
+CSR kernels take a run of rows: ``indptr`` relative to ``indices``/``data`` (which hold only that
+run), the run's first file row ``row0``, ``row_lut`` mapping file rows to output cells (-1: not
+exported; empty: identity) and ``pos_of`` mapping file columns to export positions (-1: not
+exported).
+
+The per-gene statistics loop is written out in each kernel that needs it: a helper taking the
+arrays would cost a reference count per stored value, ten times the work itself.
 """
 
 from __future__ import annotations
@@ -16,9 +24,9 @@ __all__ = [
     "RECORD",
     "bucket_csr_rows",
     "csc_stats",
+    "csr_stats",
     "scatter_csc",
-    "scatter_csc_values",
-    "scatter_record_values",
+    "scatter_csr_rows",
     "scatter_records",
 ]
 
@@ -29,73 +37,78 @@ _jit = numba.njit(nogil=True, cache=True)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _code(v, lo, scale, steps, marker):
-    """Round-half-even code of one value, computed in float64 like :func:`quantize._codes`."""
+def _encode(v, lo, scale, steps, marker):
+    """What a payload holds for value ``v``.
+
+    That is the value itself for a float32 export (``steps == 0``), else its round-half-even code,
+    computed in float64 like :func:`cellucid_export.quantize._codes`.
+    """
+    if steps == 0:
+        return np.float64(v)
     if not np.isfinite(v):
-        return marker
+        return np.float64(marker)
     c = np.rint((np.float64(v) - lo) * scale)
-    if c < 0.0:
-        return 0
-    if c > steps:
-        return steps
-    return int(c)
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _add_stat(p, v, vmin, vmax, n_stored, n_nan, n_inf):
-    n_stored[p] += 1
-    if np.isnan(v):
-        n_nan[p] += 1
-    elif np.isinf(v):
-        n_inf[p] += 1
-    else:
-        if v < vmin[p]:
-            vmin[p] = v
-        if v > vmax[p]:
-            vmax[p] = v
+    return min(max(c, 0.0), np.float64(steps))
 
 
 @_jit
-def bucket_csr_rows(
-    indptr,
-    indices,
-    data,
-    row0,
-    row_lut,
-    pos_of,
-    genes_per_block,
-    n_blocks,
-    vmin,
-    vmax,
-    n_stored,
-    n_nan,
-    n_inf,
-):
-    """Sort the stored values of a run of CSR rows into blocks of exported genes.
-
-    ``indptr`` holds the run's row pointers, relative to ``indices``/``data`` (which hold only this
-    run). ``pos_of`` maps a file column to its export position (-1: not exported); ``row_lut`` maps
-    file rows to output cells (-1: not exported; empty: identity). Updates the per-gene statistics
-    (indexed by export position) and returns the records grouped by block, with the block bounds.
-    Within a block, records keep the file's order.
-    """
-    n_rows = len(indptr) - 1
+def csr_stats(indptr, indices, data, row0, row_lut, pos_of, vmin, vmax, n_stored, n_nan, n_inf):
+    """Add a run of CSR rows to the per-gene statistics (arrays indexed by export position)."""
     has_lut = row_lut.size > 0
-    counts = np.zeros(n_blocks + 1, np.int64)
-    for r in range(n_rows):
-        out_r = row_lut[row0 + r] if has_lut else row0 + r
-        if out_r < 0:
+    for r in range(len(indptr) - 1):
+        if has_lut and row_lut[row0 + r] < 0:
             continue
         for k in range(indptr[r], indptr[r + 1]):
             p = pos_of[indices[k]]
             if p < 0:
                 continue
-            counts[p // genes_per_block + 1] += 1
-            _add_stat(p, data[k], vmin, vmax, n_stored, n_nan, n_inf)
+            v = data[k]
+            n_stored[p] += 1
+            if np.isnan(v):
+                n_nan[p] += 1
+            elif np.isinf(v):
+                n_inf[p] += 1
+            else:
+                vmin[p] = min(vmin[p], v)
+                vmax[p] = max(vmax[p], v)
+
+
+@_jit
+def csc_stats(indptr, data, vmin, vmax, n_stored, n_nan, n_inf):
+    """Per-gene statistics of a CSC block (arrays indexed by the block's columns)."""
+    for p in range(len(indptr) - 1):
+        for k in range(indptr[p], indptr[p + 1]):
+            v = data[k]
+            n_stored[p] += 1
+            if np.isnan(v):
+                n_nan[p] += 1
+            elif np.isinf(v):
+                n_inf[p] += 1
+            else:
+                vmin[p] = min(vmin[p], v)
+                vmax[p] = max(vmax[p], v)
+
+
+@_jit
+def bucket_csr_rows(indptr, indices, data, row0, row_lut, pos_of, genes_per_block, n_blocks):
+    """Sort a run of CSR rows into records, grouped by block of exported genes.
+
+    Returns the records and the block bounds; within a block, records keep the file's order and
+    ``gene`` is the position within the block.
+    """
+    has_lut = row_lut.size > 0
+    counts = np.zeros(n_blocks + 1, np.int64)
+    for r in range(len(indptr) - 1):
+        if has_lut and row_lut[row0 + r] < 0:
+            continue
+        for k in range(indptr[r], indptr[r + 1]):
+            p = pos_of[indices[k]]
+            if p >= 0:
+                counts[p // genes_per_block + 1] += 1
     bounds = np.cumsum(counts)
     out = np.empty(bounds[-1], RECORD)
     fill = bounds[:-1].copy()
-    for r in range(n_rows):
+    for r in range(len(indptr) - 1):
         out_r = row_lut[row0 + r] if has_lut else row0 + r
         if out_r < 0:
             continue
@@ -113,43 +126,36 @@ def bucket_csr_rows(
 
 
 @_jit
-def csc_stats(indptr, data, vmin, vmax, n_stored, n_nan, n_inf):
-    """Per-gene statistics of a CSC block (arrays indexed by the block's columns)."""
-    for g in range(len(indptr) - 1):
-        for k in range(indptr[g], indptr[g + 1]):
-            _add_stat(g, data[k], vmin, vmax, n_stored, n_nan, n_inf)
-
-
-@_jit
 def scatter_records(records, g0, g1, lo, scale, steps, marker, payload):
-    """Write the codes of the records of genes ``g0 <= gene < g1`` into ``payload[gene - g0, row]``."""
+    """Write the records of genes ``g0 <= gene < g1`` into ``payload[gene - g0, row]``.
+
+    ``lo``/``scale`` are indexed like the payload rows; see :func:`_encode` for ``steps``.
+    """
     for i in range(len(records)):
         g = records[i].gene
         if g0 <= g < g1:
             g -= g0
-            payload[g, records[i].row] = _code(records[i].val, lo[g], scale[g], steps, marker)
+            payload[g, records[i].row] = _encode(records[i].val, lo[g], scale[g], steps, marker)
 
 
 @_jit
-def scatter_record_values(records, g0, g1, payload):
-    """Float32 exports: write the values themselves."""
-    for i in range(len(records)):
-        g = records[i].gene
-        if g0 <= g < g1:
-            payload[g - g0, records[i].row] = records[i].val
+def scatter_csr_rows(indptr, indices, data, row0, row_lut, pos_of, g0, g1, lo, scale, steps, marker, payload):
+    """Write a run of CSR rows' values of export positions ``g0 <= p < g1`` into ``payload[p - g0, cell]``."""
+    has_lut = row_lut.size > 0
+    for r in range(len(indptr) - 1):
+        out_r = row_lut[row0 + r] if has_lut else row0 + r
+        if out_r < 0:
+            continue
+        for k in range(indptr[r], indptr[r + 1]):
+            p = pos_of[indices[k]]
+            if g0 <= p < g1:
+                p -= g0
+                payload[p, out_r] = _encode(data[k], lo[p], scale[p], steps, marker)
 
 
 @_jit
 def scatter_csc(indptr, indices, data, lo, scale, steps, marker, payload):
-    """Write the codes of a CSC block's stored values into ``payload[gene, row]`` (see above)."""
+    """Write a CSC block's values into ``payload[gene, row]``."""
     for g in range(len(indptr) - 1):
         for k in range(indptr[g], indptr[g + 1]):
-            payload[g, indices[k]] = _code(data[k], lo[g], scale[g], steps, marker)
-
-
-@_jit
-def scatter_csc_values(indptr, indices, data, payload):
-    """Float32 exports: write the values themselves."""
-    for g in range(len(indptr) - 1):
-        for k in range(indptr[g], indptr[g + 1]):
-            payload[g, indices[k]] = data[k]
+            payload[g, indices[k]] = _encode(data[k], lo[g], scale[g], steps, marker)

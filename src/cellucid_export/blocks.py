@@ -1,20 +1,23 @@
-"""The sparse block that flows from a CSR reader to the quantizer.
+"""The sparse blocks that flow from a CSR reader to the quantizer.
 
 A CSR matrix stores cells, so its values reach their genes in cell order. Rather than building a
-CSC matrix, the reader hands over the stored values as records (cell, gene, value) together with
-each gene's statistics, gathered during the same pass: that is all quantization needs.
+CSC matrix, the reader gathers each gene's statistics in a first pass and hands over a block that
+can write its values straight into the payload: from records (cell, gene, value) sorted out of the
+file in one pass, or by one more pass over the rows when re-reading is cheap. That is all
+quantization needs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
-from ._kernels import RECORD
+from . import _kernels as kernels
 
-__all__ = ["GeneRecords", "SparseStats"]
+__all__ = ["CSRPass", "GeneRecords", "SparseGenes", "SparseStats"]
 
 
 @dataclass
@@ -56,15 +59,14 @@ class SparseStats:
 
 
 @dataclass
-class GeneRecords:
-    """Stored values of a block of genes, as :data:`~cellucid_export._kernels.RECORD` arrays.
+class SparseGenes:
+    """Stored values of a block of genes, delivered in pieces, plus each gene's statistics.
 
-    ``parts`` hold genes numbered ``0..`` within the reader's block; this object covers genes
-    ``g0 <= gene < g1`` of them (slicing narrows the range without copying).
+    The block covers genes ``g0 <= gene < g1`` in the numbering of its pieces; slicing narrows
+    that range without touching the values. Subclasses say where the values come from.
     """
 
     n_cells: int
-    parts: list[np.ndarray]
     stats: SparseStats
     g0: int
     g1: int
@@ -74,24 +76,69 @@ class GeneRecords:
         """``(n_cells, n_genes)`` like a matrix block."""
         return self.n_cells, self.g1 - self.g0
 
-    def __getitem__(self, key) -> GeneRecords:
+    def __getitem__(self, key) -> SparseGenes:
         rows, cols = key
         if rows != slice(None) or not isinstance(cols, slice) or cols.step not in (None, 1):
-            raise IndexError("GeneRecords can only be sliced as [:, start:stop]")
+            raise IndexError("SparseGenes can only be sliced as [:, start:stop]")
         start, stop, _ = cols.indices(self.g1 - self.g0)
-        return GeneRecords(
-            self.n_cells, self.parts, self.stats[start:stop], self.g0 + start, self.g0 + max(start, stop)
-        )
+        stop = max(start, stop)
+        return replace(self, stats=self.stats[start:stop], g0=self.g0 + start, g1=self.g0 + stop)
 
-    def tocsc(self) -> sp.csc_matrix:
-        """The block as a CSC matrix (for inspection and plots; the export never needs it)."""
-        rec = np.concatenate(self.parts) if self.parts else np.empty(0, RECORD)
-        keep = (rec["gene"] >= self.g0) & (rec["gene"] < self.g1)
-        rec = rec[keep]
-        return sp.csc_matrix(
-            (rec["val"], (rec["row"], rec["gene"] - self.g0)), shape=self.shape, dtype=np.float32
-        )
+    def scatter(self, lo, scale, steps: int, marker: int, payload: np.ndarray) -> None:
+        """Write every stored value into ``payload[gene, cell]`` (see :mod:`cellucid_export._kernels`)."""
+        raise NotImplementedError
 
     def toarray(self) -> np.ndarray:
-        """Dense ``(n_cells, n_genes)`` float32 values."""
-        return self.tocsc().toarray()
+        """Dense ``(n_cells, n_genes)`` float32 values (for inspection and plots)."""
+        out = np.zeros((self.g1 - self.g0, self.n_cells), np.float32)
+        none = np.zeros(self.g1 - self.g0)
+        self.scatter(none, none, 0, 0, out)
+        return out.T
+
+    def tocsc(self) -> sp.csc_matrix:
+        """The block as a CSC matrix (for inspection; the export never builds it)."""
+        return sp.csc_matrix(self.toarray())
+
+
+@dataclass
+class GeneRecords(SparseGenes):
+    """Values held as :data:`~cellucid_export._kernels.RECORD` arrays (cell, gene, value)."""
+
+    parts: list[np.ndarray]
+
+    def scatter(self, lo, scale, steps, marker, payload):
+        """Write the records of this block's genes."""
+        for part in self.parts:
+            kernels.scatter_records(part, self.g0, self.g1, lo, scale, steps, marker, payload)
+
+
+@dataclass
+class CSRPass(SparseGenes):
+    """Values read from a CSR matrix by one more pass over its rows, each time they are needed.
+
+    ``runs`` starts a pass: it yields ``(row0, indptr, indices, data)`` runs of rows; ``pos_of`` and
+    ``row_lut`` map file columns to gene positions and file rows to cells (see the kernels).
+    """
+
+    runs: Callable[[], Iterable[tuple]]
+    pos_of: np.ndarray
+    row_lut: np.ndarray
+
+    def scatter(self, lo, scale, steps, marker, payload):
+        """One pass over the rows, writing the values of this block's genes."""
+        for r0, ptr, ind, val in self.runs():
+            kernels.scatter_csr_rows(
+                ptr,
+                ind,
+                val,
+                r0,
+                self.row_lut,
+                self.pos_of,
+                self.g0,
+                self.g1,
+                lo,
+                scale,
+                steps,
+                marker,
+                payload,
+            )

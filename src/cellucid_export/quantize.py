@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _kernels as kernels
-from .blocks import GeneRecords, SparseStats
+from .blocks import SparseGenes, SparseStats
 
 __all__ = ["MARKER", "STEPS", "QuantizedBlock", "dequantize", "quantize_block"]
 
@@ -110,21 +110,17 @@ def _quantize_sparse(block, stats: SparseStats, bits: int | None, constant_plus_
     # Zero-filled memory comes free from the OS; most genes (log1p) have the code 0 for a 0 anyway.
     payload = np.zeros((n_genes, n_cells), _DTYPES[bits])
     if bits is None:
-        if isinstance(block, GeneRecords):
-            for part in block.parts:
-                kernels.scatter_record_values(part, block.g0, block.g1, payload)
-        else:
-            kernels.scatter_csc_values(block.indptr, block.indices, block.data, payload)
-        return QuantizedBlock(payload, None, None, stats.n_nan, stats.n_inf)
-    lo, hi, scale = _sparse_scale(stats, n_cells, bits, constant_plus_one)
-    lo64 = lo.astype(np.float64)
-    zero_code = _codes(np.zeros(n_genes, np.float32), lo64, scale, bits)
-    for g in np.flatnonzero(zero_code):
-        payload[g] = zero_code[g]
-    args = (lo64, scale, STEPS[bits], MARKER[bits], payload)
-    if isinstance(block, GeneRecords):
-        for part in block.parts:
-            kernels.scatter_records(part, block.g0, block.g1, *args)
+        lo = hi = None
+        args = (np.zeros(n_genes), np.zeros(n_genes), 0, 0, payload)  # steps 0: values as they are
+    else:
+        lo, hi, scale = _sparse_scale(stats, n_cells, bits, constant_plus_one)
+        lo64 = lo.astype(np.float64)
+        zero_code = _codes(np.zeros(n_genes, np.float32), lo64, scale, bits)
+        for g in np.flatnonzero(zero_code):
+            payload[g] = zero_code[g]
+        args = (lo64, scale, STEPS[bits], MARKER[bits], payload)
+    if isinstance(block, SparseGenes):
+        block.scatter(*args)
     else:
         kernels.scatter_csc(block.indptr, block.indices, block.data, *args)
     return QuantizedBlock(payload, lo, hi, stats.n_nan, stats.n_inf)
@@ -143,7 +139,7 @@ def quantize_block(block, bits: int | None, *, constant_plus_one: bool) -> Quant
     ----------
     block
         ``(n_cells, n_genes)`` dense array, sparse matrix (CSC is used as is) or
-        :class:`~cellucid_export.blocks.GeneRecords` of float32 values.
+        :class:`~cellucid_export.blocks.SparseGenes` of float32 values.
     bits
         8, 16, or ``None`` to keep float32 values unchanged.
     constant_plus_one
@@ -156,7 +152,7 @@ def quantize_block(block, bits: int | None, *, constant_plus_one: bool) -> Quant
     (NaN, +/-Inf) get the marker; a gene with no valid value has bounds ``(0, 1)``.
 
     """
-    if isinstance(block, GeneRecords):
+    if isinstance(block, SparseGenes):
         return _quantize_sparse(block, block.stats, bits, constant_plus_one)
     if sp.issparse(block):
         block = sp.csc_matrix(block)

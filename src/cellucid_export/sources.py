@@ -12,6 +12,7 @@ Memory is bounded by the block size (chosen by :mod:`cellucid_export.plan`) plus
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import scipy.sparse as sp
 
 from . import _kernels as kernels
 from ._kernels import RECORD
-from .blocks import GeneRecords, SparseStats
+from .blocks import CSRPass, GeneRecords, SparseGenes, SparseStats
 
 __all__ = ["GeneBlockSource", "open_source"]
 
@@ -32,7 +33,7 @@ READ_CHUNK_NNZ = 2_000_000
 #: Bytes of a dense on-disk row slab.
 READ_CHUNK_BYTES = 64 * 2**20
 
-Block = np.ndarray | sp.csc_matrix | GeneRecords
+Block = np.ndarray | sp.csc_matrix | SparseGenes
 
 
 def _as_index(idx, n: int) -> np.ndarray | None:
@@ -65,7 +66,8 @@ class GeneBlockSource:
     shape: tuple[int, int]
     kind: str
     obs_idx: np.ndarray | None = field(default=None, repr=False)
-    #: Working bytes per stored value while a sparse block is assembled (sizes the blocks).
+    #: Working bytes per stored value while a sparse block is assembled (sizes the blocks); 0 for a
+    #: reader that needs no block memory beyond the payload.
     bytes_per_value = 32
 
     @property
@@ -194,17 +196,40 @@ def _row_lut(obs_idx: np.ndarray | None, n_rows: int) -> np.ndarray | None:
     return lut
 
 
+def _available_memory() -> int | None:
+    """Memory the system can give without swapping (Linux ``MemAvailable``), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cheap_to_reread(*arrays) -> bool:
+    """In memory, or uncompressed on disk and at most half the available memory."""
+    datasets = [a for a in arrays if isinstance(a, h5py.Dataset)]
+    if not datasets:
+        return True
+    if any(d.compression is not None for d in datasets):
+        return False  # every pass would decompress the whole matrix again
+    available = _available_memory()
+    return available is not None and sum(d.id.get_storage_size() for d in datasets) <= available // 2
+
+
 class StreamedCSR(GeneBlockSource):
     """A CSR matrix streamed in row chunks: an HDF5 group on disk, or the arrays of one in memory.
 
     ``group`` is anything holding ``data``, ``indices`` and ``indptr`` that slices like an array.
-    A CSR matrix stores cells, not genes, so reading a gene means scanning every cell. The file is
-    therefore read exactly once per export: each stored value of an exported gene becomes a record
-    (cell, gene, value) in its block's bucket, and each gene's statistics are gathered on the way.
-    With more than one block, the buckets are kept in scratch files until their turn.
+    A CSR matrix stores cells, not genes, so reading a gene means scanning every cell: a first pass
+    gathers the statistics of every exported gene, then each block of genes needs either one more
+    pass (when that is cheap) or records sorted out of the first pass (see :meth:`blocks`).
     """
-
-    bytes_per_value = RECORD.itemsize
 
     def __init__(self, group, shape, obs_idx=None, kind: str = "on-disk CSR"):
         self.group = group
@@ -214,6 +239,12 @@ class StreamedCSR(GeneBlockSource):
         n = shape[0] if obs_idx is None else len(obs_idx)
         super().__init__((n, shape[1]), kind, obs_idx)
         self._file_rows = shape[0]
+        #: Whether another pass over the matrix costs little: it is in memory, or an uncompressed file
+        #: small enough to stay in the operating system's file cache after the first pass. Then blocks
+        #: are read by one pass each instead of going through scratch files.
+        self.rereads = _cheap_to_reread(group["data"], group["indices"])
+        # Blocks read by passes need no memory beyond the payload; records take 12 bytes a value.
+        self.bytes_per_value = 0 if self.rereads else RECORD.itemsize
 
     @property
     def is_sparse(self):
@@ -268,19 +299,24 @@ class StreamedCSR(GeneBlockSource):
                 ind, val = ind_ds[a:b], data_ds[a:b]
             yield r0, self.indptr[r0 : r1 + 1] - a, ind, _f32(val)
 
-    def _bucketed(self, pos_of, genes_per_block, n_blocks, stats) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One sequential pass: each chunk's records grouped by block, with the block bounds."""
-        lut = self.row_lut if self.row_lut is not None else np.empty(0, np.int32)
+    def _lut(self) -> np.ndarray:
+        return self.row_lut if self.row_lut is not None else np.empty(0, np.int32)
+
+    def _pass(self, pos_of, stats, genes_per_block=None, n_blocks=1):
+        """One sequential pass adding to ``stats``; with ``genes_per_block``, yields each run's records."""
+        lut = self._lut()
         for r0, ptr, ind, val in self._row_runs():
-            yield kernels.bucket_csr_rows(
-                ptr, ind, val, r0, lut, pos_of, genes_per_block, n_blocks, *stats.arrays()
-            )
+            kernels.csr_stats(ptr, ind, val, r0, lut, pos_of, *stats.arrays())
+            if genes_per_block is not None:
+                yield kernels.bucket_csr_rows(ptr, ind, val, r0, lut, pos_of, genes_per_block, n_blocks)
 
     def blocks(self, gene_idx, genes_per_block, scratch_dir=None):
-        """Blocks of genes as :class:`~cellucid_export.blocks.GeneRecords`, from one pass over the matrix.
+        """Blocks of genes as :class:`~cellucid_export.blocks.SparseGenes`.
 
-        With more than one block, each block's records (12 bytes per stored value) wait in a scratch file
-        in ``scratch_dir`` (or the system temporary folder) until the pass is over and their turn comes.
+        A first pass gathers every gene's statistics. Then, when re-reading the matrix is cheap (see
+        :attr:`rereads`), each block writes its values by one more pass; otherwise the first pass also
+        sorts the values into records (12 bytes per stored value), kept in memory for a single block or
+        in scratch files in ``scratch_dir`` (or the system temporary folder) for several.
         """
         gene_idx = np.asarray(gene_idx, dtype=np.int64)
         n_genes = len(gene_idx)
@@ -289,15 +325,23 @@ class StreamedCSR(GeneBlockSource):
         pos_of = np.full(self.shape[1], -1, dtype=np.int32)
         pos_of[gene_idx] = np.arange(n_genes, dtype=np.int32)
         stats = SparseStats.empty(n_genes)
+        n_cells = self.shape[0]
+        if self.rereads:
+            for _ in self._pass(pos_of, stats):
+                pass
+            for g0 in range(0, n_genes, per):
+                g1 = min(n_genes, g0 + per)
+                yield CSRPass(n_cells, stats[g0:g1], g0, g1, self._row_runs, pos_of, self._lut())
+            return
         if n_blocks == 1:
-            parts = [rec for rec, _ in self._bucketed(pos_of, per, 1, stats)]
-            yield GeneRecords(self.shape[0], parts, stats, 0, n_genes)
+            parts = [rec for rec, _ in self._pass(pos_of, stats, per, 1)]
+            yield GeneRecords(n_cells, stats, 0, n_genes, parts)
             return
         with tempfile.TemporaryDirectory(prefix="cellucid-export-", dir=scratch_dir) as tmp:
             paths = [Path(tmp) / f"block{b}.bin" for b in range(n_blocks)]
             handles = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below, together
             try:
-                for rec, bounds in self._bucketed(pos_of, per, n_blocks, stats):
+                for rec, bounds in self._pass(pos_of, stats, per, n_blocks):
                     raw = rec.view(np.uint8).reshape(-1, RECORD.itemsize)
                     for b in np.flatnonzero(np.diff(bounds)):
                         handles[b].write(raw[bounds[b] : bounds[b + 1]])
@@ -308,7 +352,7 @@ class StreamedCSR(GeneBlockSource):
                 rec = np.fromfile(path, dtype=RECORD)
                 path.unlink()
                 g0, g1 = b * per, min(n_genes, (b + 1) * per)
-                yield GeneRecords(self.shape[0], [rec], stats[g0:g1], 0, g1 - g0)
+                yield GeneRecords(n_cells, stats[g0:g1], 0, g1 - g0, [rec])
                 del rec
 
 
