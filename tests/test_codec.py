@@ -77,3 +77,15 @@ def test_without_fast_libraries_the_standard_library_is_used(monkeypatch):
         c = codec.get_codec(level)
         assert c.library == "zlib"
         assert gzip.decompress(c.encode(data)) == data
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_repeats_that_runs_miss_get_the_full_search(level):
+    """Runs-only deflate cannot see a repeating pattern; the level's full search then takes over."""
+    rng = np.random.default_rng(3)
+    data = np.tile(rng.integers(0, 255, 300, dtype=np.uint8), 200).tobytes()
+    ours = get_codec(level).encode(data)
+    runs_only = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+    assert len(runs_only.compress(data) + runs_only.flush()) > len(data) / 2
+    assert len(ours) < len(data) / 50  # the search found the period
+    assert gzip_decompress(ours) == data

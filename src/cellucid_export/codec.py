@@ -19,12 +19,35 @@ __all__ = ["Codec", "get_codec", "gzip_decompress"]
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
-def _stdlib_deflate(level: int) -> Callable[[bytes], bytes]:
+#: Runs-only deflate is tried first; when its output is larger than this fraction of the input, the
+#: level's full search is tried too and the smaller stream kept.
+SEARCH_ABOVE = 0.25
+
+
+def _runs_first(module, level: int) -> Callable[[bytes], bytes]:
+    """Deflate with ``module`` (zlib or zlib-ng): runs only, or the full search when that does better.
+
+    A gene vector is mostly runs of one code (that of 0.0) between single values, and deflate
+    restricted to runs (``Z_RLE``) finds exactly that structure: on real and simulated genes it wrote
+    smaller streams than every zlib level, 3-10x faster (table in :data:`LEVEL_PLAN`). Vectors it
+    compresses poorly (dense genes, or repeats at a distance) also get the full search at ``level``.
+    """
+
     def deflate(data) -> bytes:
-        c = zlib.compressobj(level, zlib.DEFLATED, -15)
-        return c.compress(data) + c.flush()
+        c = module.compressobj(level, module.DEFLATED, -15, 8, module.Z_RLE)
+        out = c.compress(data) + c.flush()
+        if len(out) > SEARCH_ABOVE * memoryview(data).nbytes:
+            c = module.compressobj(level, module.DEFLATED, -15)
+            searched = c.compress(data) + c.flush()
+            if len(searched) < len(out):
+                return searched
+        return out
 
     return deflate
+
+
+def _stdlib_deflate(level: int) -> Callable[[bytes], bytes]:
+    return _runs_first(zlib, level)
 
 
 def _zlib_ng_deflate(level: int) -> Callable[[bytes], bytes] | None:
@@ -32,7 +55,7 @@ def _zlib_ng_deflate(level: int) -> Callable[[bytes], bytes] | None:
         from zlib_ng import zlib_ng
     except ImportError:  # pragma: no cover - zlib-ng is a dependency; stdlib is the safety net
         return None
-    return lambda data: zlib_ng.compress(data, level, -15)
+    return _runs_first(zlib_ng, level)
 
 
 def _crc32() -> Callable[[bytes], int]:
@@ -70,46 +93,36 @@ class Codec:
         return b"".join((GZIP_HEADER, body, trailer))
 
 
-#: For each gzip level, the fastest deflate setting whose output was no larger than the standard
-#: library's at that level on real quantized gene vectors (150 genes of a 100k-cell log1p export):
+#: Bytes and speed per core of each way of compressing real quantized gene vectors: 765 genes of
+#: pbmc68k_reduced (raw, 8-bit, 535 KB) and 160 genes spread over a 100k-cell log1p matrix (M of
+#: ``benchmarks/``, 16 MB):
 #:
-#: ====== ============= ============== ============================
-#: level  stdlib bytes  chosen          bytes, speed per core
-#: ====== ============= ============== ============================
-#: 1      2,577,870      zlib-ng 2      2,286,038, 373 MB/s
-#: 2      2,517,092      zlib-ng 2      2,286,038
-#: 3      2,419,265      zlib-ng 2      2,286,038
-#: 4      2,261,366      zlib-ng 3      2,229,704, 283 MB/s
-#: 5      2,237,601      zlib-ng 5      2,072,600, 169 MB/s
-#: 6      2,215,543      zlib-ng 5      2,072,600 (stdlib: 50 MB/s)
-#: 7      2,200,032      zlib-ng 5      2,072,600
-#: 8      2,127,977      zlib-ng 6      2,066,342, 104 MB/s
-#: 9      2,051,142      zlib-ng 9      1,993,869, 15 MB/s
-#: ====== ============= ============== ============================
+#: ============== ================= ================================
+#: method         pbmc68k_reduced   100k cells
+#: ============== ================= ================================
+#: zlib level 1   285,949           2,479,688 at 228 MB/s
+#: zlib level 6   277,424           2,094,827 at 52 MB/s
+#: zlib level 9   276,091           1,914,793 at 3 MB/s
+#: zlib-ng 1      342,287           3,029,798 at 639 MB/s
+#: zlib-ng 5      266,986           1,941,862 at 167 MB/s
+#: zlib-ng 9      271,494           1,844,686 at 16 MB/s
+#: zlib-ng Z_RLE  249,455           1,827,680 at 581 MB/s
+#: ============== ================= ================================
 #:
-#: So a level keeps its meaning (at least as small as ``gzip -N``) and runs 2-3x faster.
-#: ISA-L (python-isal) was faster still at levels 1-3 (980 MB/s), but its output was measured to
-#: change, rarely, when several threads compress at once (same data, different deflate stream):
-#: the export promises the same bytes whatever ``n_jobs``, so it is not used.
-#: ``benchmarks/run.py`` re-measures the sizes on each benchmark dataset.
-LEVEL_PLAN: dict[int, tuple[str, int]] = {
-    1: ("zlib-ng", 2),
-    2: ("zlib-ng", 2),
-    3: ("zlib-ng", 2),
-    4: ("zlib-ng", 3),
-    5: ("zlib-ng", 5),
-    6: ("zlib-ng", 5),
-    7: ("zlib-ng", 5),
-    8: ("zlib-ng", 6),
-    9: ("zlib-ng", 9),
-}
+#: Runs-only deflate is smaller than every level of either library and nearly as fast as the
+#: fastest, so every level starts with it (see :func:`_runs_first`); the level sets how hard the
+#: full search works on vectors that runs do not capture. Files stay standard gzip members.
+#: ISA-L (python-isal) was measured too but its output changed, rarely, when several threads
+#: compressed at once; the export promises the same bytes whatever ``n_jobs``, so it is not used.
+#: ``benchmarks/run.py`` re-measures the speed on each benchmark dataset.
+LEVEL_PLAN: dict[int, tuple[str, int]] = {level: ("zlib-ng", level) for level in range(1, 10)}
 
 
 def get_codec(level: int, library: str | None = None) -> Codec:
-    """The gzip encoder for a level: the fastest library setting at least as small as zlib's.
+    """The gzip encoder for a level: runs-only deflate, or the level's full search when smaller.
 
     See :data:`LEVEL_PLAN` for the measurements behind the choice. Without zlib-ng the
-    standard library's zlib is used at the same level.
+    standard library's zlib does the same, more slowly.
 
     Parameters
     ----------
