@@ -19,29 +19,35 @@ __all__ = ["Codec", "get_codec", "gzip_decompress"]
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
-#: Runs-only deflate is tried first; when its output is larger than this fraction of the input, the
-#: level's full search is tried too and the smaller stream kept.
+#: When runs-only output is above this fraction of the input, the data may hold structure that runs
+#: miss; a quick search (level 1) checks, and only if it beats runs does the level's full search run.
 SEARCH_ABOVE = 0.25
 
 
 def _runs_first(module, level: int) -> Callable[[bytes], bytes]:
-    """Deflate with ``module`` (zlib or zlib-ng): runs only, or the full search when that does better.
+    """Deflate with ``module`` (zlib or zlib-ng): runs only, or a string search when that does better.
 
     A gene vector is mostly runs of one code (that of 0.0) between single values, and deflate
     restricted to runs (``Z_RLE``) finds exactly that structure: on real and simulated genes it wrote
-    smaller streams than every zlib level, 3-10x faster (table in :data:`LEVEL_PLAN`). Vectors it
-    compresses poorly (dense genes, or repeats at a distance) also get the full search at ``level``.
+    smaller streams than every zlib level, 3-10x faster (table in :data:`LEVEL_PLAN`). A dense gene
+    compresses less, but a string search rarely does better on it; repeats at a distance (a pattern of
+    cells that comes back) are what it would find, so a quick level-1 search looks for them first and
+    the level's full search runs only where it found some. The smallest stream wins.
     """
 
+    def compress(data, lvl: int, strategy: int) -> bytes:
+        c = module.compressobj(lvl, module.DEFLATED, -15, 8, strategy)
+        return c.compress(data) + c.flush()
+
     def deflate(data) -> bytes:
-        c = module.compressobj(level, module.DEFLATED, -15, 8, module.Z_RLE)
-        out = c.compress(data) + c.flush()
-        if len(out) > SEARCH_ABOVE * memoryview(data).nbytes:
-            c = module.compressobj(level, module.DEFLATED, -15)
-            searched = c.compress(data) + c.flush()
-            if len(searched) < len(out):
-                return searched
-        return out
+        out = compress(data, level, module.Z_RLE)
+        if len(out) <= SEARCH_ABOVE * memoryview(data).nbytes:
+            return out
+        quick = compress(data, 1, module.Z_DEFAULT_STRATEGY)
+        if len(quick) >= len(out):
+            return out
+        searched = compress(data, level, module.Z_DEFAULT_STRATEGY) if level > 1 else quick
+        return min(quick, searched, key=len)
 
     return deflate
 

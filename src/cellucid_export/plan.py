@@ -188,8 +188,8 @@ def block_sizes(
     (``n_cells`` codes per gene) are cut from it; two are alive at once (one queued, one being written),
     each with an eighth (the rest is headroom for the encoders' buffers). A sparse reader that needs
     no block memory (``bytes_per_value == 0``: it writes each payload by a pass over the matrix) reads
-    everything as one block, and its payloads, three alive at once (one being filled, one queued, one
-    being written), get a third each: fewer, larger payloads mean fewer passes. A dense block holds
+    everything as one block, and its payloads, two alive at once (one being filled, one being
+    written), get half each: fewer, larger payloads mean fewer passes. A dense block holds
     the float32 values, the float64 temporaries of quantization and the payload, three blocks at a
     time. Read chunks are bounded separately (about 30 MB).
     """
@@ -198,7 +198,7 @@ def block_sizes(
         per = int(max(1, budget // 3 // max(1, n_cells * 22 + out)))
         return per, per
     if bytes_per_value == 0:
-        return 2**62, int(max(1, budget // 3 // max(1, out)))
+        return 2**62, int(max(1, budget // 2 // max(1, out)))
     read = budget // 2 // max(1.0, n_cells * nnz_fraction * bytes_per_value)
     payload = budget // 8 // max(1, out)
     return int(max(1, read)), int(max(1, payload))

@@ -144,26 +144,27 @@ def check_target(target: Path, overwrite: bool) -> None:
         )
 
 
-def prefetch(items: Iterable, depth: int = 1) -> Iterator:
-    """Produce ``items`` in a background thread, ``depth`` ahead, so reading overlaps writing.
+def prefetch(items: Iterable) -> Iterator:
+    """Produce ``items`` in a background thread, one ahead, so reading overlaps writing.
 
-    Exceptions in the producer are re-raised in the consumer; abandoning the iterator stops the producer.
+    The producer makes item ``k + 1`` while the consumer works on item ``k``, and starts ``k + 2``
+    only once the consumer has taken ``k + 1``: at most two items are alive, which is what the
+    memory budget counts on. Exceptions in the producer are re-raised in the consumer; abandoning
+    the iterator stops the producer.
     """
-    q: queue.Queue = queue.Queue(maxsize=depth)
+    q: queue.Queue = queue.Queue(maxsize=1)
+    taken = threading.Semaphore(0)
     stop = threading.Event()
     done = object()
 
     def produce():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
+                q.put(("item", item))
+                del item
+                while not taken.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
             q.put(("done", done))
         except BaseException as e:  # handed to the consumer
             q.put(("error", e))
@@ -173,8 +174,10 @@ def prefetch(items: Iterable, depth: int = 1) -> Iterator:
     try:
         while True:
             kind, value = q.get()
+            taken.release()
             if kind == "item":
                 yield value
+                del value
             elif kind == "error":
                 raise value
             else:
