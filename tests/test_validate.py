@@ -158,3 +158,20 @@ def test_shallow_gene_check_reads_only_the_envelope(good, tmp_path):
     gene.write_bytes(good_bytes[:10] + bytes(len(good_bytes) - 18) + good_bytes[-8:])
     assert cellucid_export.validate(out, decode_genes=False) == []
     assert any(rel in p and "corrupt" in p for p in cellucid_export.validate(out))
+
+
+def test_shallow_check_lists_every_gene_and_reads_a_sample(pbmc_master, tmp_path, monkeypatch):
+    from cellucid_export import validate as v
+
+    out = pbmc_master.cellucid.export(tmp_path / "all", layer="raw", progress=False).path
+    files = sorted((out / "var").iterdir())
+    assert len(files) > 10 * v.ENVELOPE_SAMPLE
+    opened = []
+    real = v._Folder._envelope
+    monkeypatch.setattr(v._Folder, "_envelope", lambda self, p, *a: (opened.append(p), real(self, p, *a)))
+    assert cellucid_export.validate(out, decode_genes=False) == []
+    assert v.ENVELOPE_SAMPLE <= len(opened) <= v.ENVELOPE_SAMPLE + 2
+    files[7].unlink()
+    assert any(
+        f"var/{files[7].name} is missing" in p for p in cellucid_export.validate(out, decode_genes=False)
+    )

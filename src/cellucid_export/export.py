@@ -219,13 +219,22 @@ def write_genes(
     written = 0
 
     def quantized_blocks():
+        # Two payload buffers, used in turn: prefetch keeps at most two blocks alive, so the buffer of
+        # block k is free again when block k + 2 is made.
+        buffers: list[np.ndarray] = []
+        size = min(payload_genes, n) * sel.n_cells * np.dtype(PAYLOAD_KINDS[var_quantization][1]).itemsize
         # Scratch files (on-disk CSR with several blocks) live in the staging folder: same disk, cleaned up
         # with it on any failure.
         for block in sel.source.blocks(sel.gene_idx, read_genes, scratch_dir=folder):
             # Dense payloads take more room than a sparse block: they are made a slice at a time.
             for s in range(0, block.shape[1], payload_genes):
                 part = block[:, s : s + payload_genes]
-                yield quantize_block(part, var_quantization, constant_plus_one=layout == "name")
+                if len(buffers) < 2:
+                    buffers.append(np.empty(size, np.uint8))
+                buffers.reverse()
+                yield quantize_block(
+                    part, var_quantization, constant_plus_one=layout == "name", out=buffers[0]
+                )
 
     bar = tqdm(total=n, unit="gene", desc="cellucid-export", disable=not progress, leave=False)
     start = 0

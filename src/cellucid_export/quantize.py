@@ -104,11 +104,23 @@ def _sparse_scale(stats: SparseStats, n_cells: int, bits: int, constant_plus_one
     return lo, hi, scale
 
 
-def _quantize_sparse(block, stats: SparseStats, bits: int | None, constant_plus_one: bool) -> QuantizedBlock:
+def _zeroed(shape: tuple[int, int], dtype, out: np.ndarray | None) -> np.ndarray:
+    """A zero-filled array of ``shape``, in ``out``'s memory when given (a 1-D ``uint8`` buffer)."""
+    dtype = np.dtype(dtype)
+    if out is None:
+        return np.zeros(shape, dtype)
+    view = out[: shape[0] * shape[1] * dtype.itemsize].view(dtype).reshape(shape)
+    view.fill(0)
+    return view
+
+
+def _quantize_sparse(
+    block, stats: SparseStats, bits: int | None, constant_plus_one: bool, out: np.ndarray | None
+) -> QuantizedBlock:
     """Payload of a CSC block or of gene records: the code of 0.0 everywhere, then each stored value."""
     n_cells, n_genes = block.shape
     # Zero-filled memory comes free from the OS; most genes (log1p) have the code 0 for a 0 anyway.
-    payload = np.zeros((n_genes, n_cells), _DTYPES[bits])
+    payload = _zeroed((n_genes, n_cells), _DTYPES[bits], out)
     if bits is None:
         lo = hi = None
         args = (np.zeros(n_genes), np.zeros(n_genes), 0, 0, payload)  # steps 0: values as they are
@@ -132,7 +144,9 @@ def _csc_stats(block: sp.csc_matrix) -> SparseStats:
     return stats
 
 
-def quantize_block(block, bits: int | None, *, constant_plus_one: bool) -> QuantizedBlock:
+def quantize_block(
+    block, bits: int | None, *, constant_plus_one: bool, out: np.ndarray | None = None
+) -> QuantizedBlock:
     """Quantize a block of genes.
 
     Parameters
@@ -144,6 +158,9 @@ def quantize_block(block, bits: int | None, *, constant_plus_one: bool) -> Quant
         8, 16, or ``None`` to keep float32 values unchanged.
     constant_plus_one
         Write ``hi = lo + 1`` for a constant gene (name layout) instead of ``hi = lo`` (index layout).
+    out
+        Optional 1-D ``uint8`` buffer, large enough, to hold a sparse block's payload: reusing memory
+        spares the operating system from handing out (and zeroing) fresh pages for every block.
 
     Returns
     -------
@@ -153,12 +170,12 @@ def quantize_block(block, bits: int | None, *, constant_plus_one: bool) -> Quant
 
     """
     if isinstance(block, SparseGenes):
-        return _quantize_sparse(block, block.stats, bits, constant_plus_one)
+        return _quantize_sparse(block, block.stats, bits, constant_plus_one, out)
     if sp.issparse(block):
         block = sp.csc_matrix(block)
         if block.dtype != np.float32:
             block = block.astype(np.float32)
-        return _quantize_sparse(block, _csc_stats(block), bits, constant_plus_one)
+        return _quantize_sparse(block, _csc_stats(block), bits, constant_plus_one, out)
     return _quantize_dense(block, bits, constant_plus_one)
 
 
