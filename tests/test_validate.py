@@ -172,7 +172,7 @@ def test_shallow_check_lists_every_gene_and_reads_a_sample(pbmc_master, tmp_path
     real = v._Folder._envelope
     monkeypatch.setattr(v._Folder, "_envelope", lambda self, p, *a: (opened.append(p), real(self, p, *a)))
     assert cellucid_export.validate(out, decode_genes=False) == []
-    assert v.ENVELOPE_SAMPLE <= len(opened) <= v.ENVELOPE_SAMPLE + 2
+    assert v.ENVELOPE_SAMPLE <= len(opened) <= 2 * v.ENVELOPE_SAMPLE  # not the 765 genes
     files[7].unlink()
     assert any(
         f"var/{files[7].name} is missing" in p for p in cellucid_export.validate(out, decode_genes=False)
