@@ -187,7 +187,7 @@ def run_floor(spec: dict) -> dict:
         src = open_source(g)
         idx = np.unique(np.linspace(0, shape[1] - 1, n_sample).astype(np.int64))
         block = next(src.blocks(idx, len(idx)))
-    qb = quantize_block(block, 8, constant_plus_one=True)
+        qb = quantize_block(block, 8, constant_plus_one=True)  # a CSR block reads the file as it goes
     vectors = [memoryview(np.ascontiguousarray(row)).cast("B") for row in qb.payload]
     raw = sum(v.nbytes for v in vectors)
     out: dict = {"read_s": t_read, "read_bytes": n_bytes, "shape": list(shape), "sample_genes": len(vectors)}

@@ -142,6 +142,23 @@ def test_every_block_kind_quantizes_alike(bits):
 
     passes = CSRPass(300, stats, 0, 60, runs, pos_of, np.empty(0, np.int32))[:, 10:60]
     from_passes = quantize_block(passes, bits, constant_plus_one=True)
+    # Genes in file order (every other column of a wider file, sorted rows): passes visit column windows,
+    # here of 25 genes each.
+    wide = sp.csr_matrix(
+        sp.hstack([x, sp.random(300, 50, density=0.3, format="csc", random_state=rng)])[
+            :, np.argsort(np.r_[np.arange(0, 100, 2), np.arange(1, 100, 2)])
+        ]
+    )
+    wide_pos = np.full(100, -1, np.int32)
+    wide_pos[::2] = np.arange(10, 60)
+    columns = np.r_[np.zeros(10, np.int64), np.arange(0, 100, 2)]
+
+    def wide_runs():
+        yield 0, wide.indptr, wide.indices, wide.data.astype(np.float32)
+
+    windowed = CSRPass(300, stats, 0, 60, wide_runs, wide_pos, np.empty(0, np.int32), columns)
+    from_windows = [quantize_block(windowed[:, a : a + 25], bits, constant_plus_one=True) for a in (10, 35)]
+    np.testing.assert_array_equal(np.vstack([q.payload for q in from_windows]), dense.payload)
     for q in (csc, from_records, from_passes):
         np.testing.assert_array_equal(q.payload, dense.payload)
         np.testing.assert_array_equal(q.n_nan, dense.n_nan)

@@ -53,9 +53,16 @@ def _encode(v, lo, scale, steps, marker):
 
 @_jit
 def csr_stats(indptr, indices, data, row0, row_lut, pos_of, vmin, vmax, n_stored, n_nan, n_inf):
-    """Add a run of CSR rows to the per-gene statistics (arrays indexed by export position)."""
+    """Add a run of CSR rows to the per-gene statistics (arrays indexed by export position).
+
+    Returns whether every row's column indices are strictly increasing (canonical CSR).
+    """
     has_lut = row_lut.size > 0
+    ordered = True
     for r in range(len(indptr) - 1):
+        for k in range(indptr[r] + 1, indptr[r + 1]):
+            if indices[k] <= indices[k - 1]:
+                ordered = False
         if has_lut and row_lut[row0 + r] < 0:
             continue
         for k in range(indptr[r], indptr[r + 1]):
@@ -71,6 +78,7 @@ def csr_stats(indptr, indices, data, row0, row_lut, pos_of, vmin, vmax, n_stored
             else:
                 vmin[p] = min(vmin[p], v)
                 vmax[p] = max(vmax[p], v)
+    return ordered
 
 
 @_jit
@@ -139,14 +147,24 @@ def scatter_records(records, g0, g1, lo, scale, steps, marker, payload):
 
 
 @_jit
-def scatter_csr_rows(indptr, indices, data, row0, row_lut, pos_of, g0, g1, lo, scale, steps, marker, payload):
-    """Write a run of CSR rows' values of export positions ``g0 <= p < g1`` into ``payload[p - g0, cell]``."""
+def scatter_csr_rows(
+    indptr, indices, data, row0, row_lut, pos_of, g0, g1, c0, c1, lo, scale, steps, marker, payload
+):
+    """Write a run of CSR rows' values of export positions ``g0 <= p < g1`` into ``payload[p - g0, cell]``.
+
+    When each row's columns are sorted and those genes are the file columns ``c0..c1`` in file
+    order, only that window of each row is visited (found by binary search): a pass for one slice of
+    genes then costs its own values, not the whole matrix's. ``c0 = 0, c1 = n_columns`` visits every
+    value, which any row order allows.
+    """
     has_lut = row_lut.size > 0
     for r in range(len(indptr) - 1):
         out_r = row_lut[row0 + r] if has_lut else row0 + r
         if out_r < 0:
             continue
-        for k in range(indptr[r], indptr[r + 1]):
+        a, b = indptr[r], indptr[r + 1]
+        row = indices[a:b]
+        for k in range(a + np.searchsorted(row, c0), a + np.searchsorted(row, c1, side="right")):
             p = pos_of[indices[k]]
             if g0 <= p < g1:
                 p -= g0

@@ -82,7 +82,9 @@ class CellucidAccessor:
         var_quantization
             ``8`` (1 byte per cell and gene), ``16`` (2 bytes) or ``None`` (float32, 4 bytes).
         compression
-            Gzip level 1 (fastest) to 9 (smallest), or ``None`` for uncompressed files.
+            Gzip level 1 (fastest) to 9 (smallest), or ``None`` for uncompressed files. Mostly-zero genes
+            compress the same way at every level (runs of the zero code; smaller than ``gzip -9``); the level
+            sets how hard denser genes are searched for repeats.
         layout
             ``"name"``: files named after genes (``var/CD79A.values.u8.gz``), as the user documentation
             describes. ``"index"``: files numbered ``var/0.values.u8.gz``...; what current viewer

@@ -123,9 +123,16 @@ class CSRPass(SparseGenes):
     runs: Callable[[], Iterable[tuple]]
     pos_of: np.ndarray
     row_lut: np.ndarray
+    #: File column of each export position when rows are sorted and positions follow file order
+    #: (then a pass visits only the window of columns of its genes); None otherwise.
+    columns: np.ndarray | None = None
 
     def scatter(self, lo, scale, steps, marker, payload):
         """One pass over the rows, writing the values of this block's genes."""
+        if self.columns is not None and self.g1 > self.g0:
+            window = int(self.columns[self.g0]), int(self.columns[self.g1 - 1])
+        else:
+            window = 0, len(self.pos_of)
         for r0, ptr, ind, val in self.runs():
             kernels.scatter_csr_rows(
                 ptr,
@@ -136,6 +143,7 @@ class CSRPass(SparseGenes):
                 self.pos_of,
                 self.g0,
                 self.g1,
+                *window,
                 lo,
                 scale,
                 steps,

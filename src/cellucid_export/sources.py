@@ -302,13 +302,19 @@ class StreamedCSR(GeneBlockSource):
     def _lut(self) -> np.ndarray:
         return self.row_lut if self.row_lut is not None else np.empty(0, np.int32)
 
-    def _pass(self, pos_of, stats, genes_per_block=None, n_blocks=1):
-        """One sequential pass adding to ``stats``; with ``genes_per_block``, yields each run's records."""
+    def _pass(self, pos_of, stats, genes_per_block=None, n_blocks=1, ordered=None):
+        """One sequential pass adding to ``stats``; with ``genes_per_block``, yields each run's records.
+
+        ``ordered`` (a list) receives whether every row's columns were sorted.
+        """
         lut = self._lut()
+        rows_sorted = True
         for r0, ptr, ind, val in self._row_runs():
-            kernels.csr_stats(ptr, ind, val, r0, lut, pos_of, *stats.arrays())
+            rows_sorted &= kernels.csr_stats(ptr, ind, val, r0, lut, pos_of, *stats.arrays())
             if genes_per_block is not None:
                 yield kernels.bucket_csr_rows(ptr, ind, val, r0, lut, pos_of, genes_per_block, n_blocks)
+        if ordered is not None:
+            ordered.append(rows_sorted)
 
     def blocks(self, gene_idx, genes_per_block, scratch_dir=None):
         """Blocks of genes as :class:`~cellucid_export.blocks.SparseGenes`.
@@ -327,11 +333,14 @@ class StreamedCSR(GeneBlockSource):
         stats = SparseStats.empty(n_genes)
         n_cells = self.shape[0]
         if self.rereads:
-            for _ in self._pass(pos_of, stats):
+            ordered: list[bool] = []
+            for _ in self._pass(pos_of, stats, ordered=ordered):
                 pass
+            # Genes in file order over sorted rows: each pass visits only its genes' window of columns.
+            columns = gene_idx if ordered[0] and bool(np.all(np.diff(gene_idx) > 0)) else None
             for g0 in range(0, n_genes, per):
                 g1 = min(n_genes, g0 + per)
-                yield CSRPass(n_cells, stats[g0:g1], g0, g1, self._row_runs, pos_of, self._lut())
+                yield CSRPass(n_cells, stats[g0:g1], g0, g1, self._row_runs, pos_of, self._lut(), columns)
             return
         if n_blocks == 1:
             parts = [rec for rec, _ in self._pass(pos_of, stats, per, 1)]
