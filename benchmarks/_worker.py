@@ -152,7 +152,8 @@ def run_floor(spec: dict) -> dict:
       16M values (the page cache is as warm as it is for the timed runs).
     * codec: real quantized gene vectors (about 160 genes spread over the matrix, quantized by the
       project), each compressed on its own by the codec the project picks for the level, on one
-      thread; the standard library's zlib at the same level is measured too, for the record.
+      thread; the same method on the standard library's zlib, and plain zlib at the level, are
+      measured too, for the record.
     """
     import zlib
 

@@ -156,3 +156,34 @@ def test_h5ad_reads_only_the_chosen_layer(adata, tmp_path, monkeypatch):
     )
     assert res.source == "layers['log1p']"
     assert opened == ["/layers/log1p"]
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_repeated_entries_add_up(fmt, tmp_path):
+    """A matrix holding one cell and gene twice means their sum, as in scipy; the input is not changed."""
+    rng = np.random.default_rng(2)
+    base = sp.random(120, 30, density=0.2, format="coo", dtype=np.float32, random_state=rng)
+    twice = sp.coo_matrix(
+        (np.r_[base.data, base.data[:40]], (np.r_[base.row, base.row[:40]], np.r_[base.col, base.col[:40]])),
+        shape=base.shape,
+    )
+    raw = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+    # Compressed by hand (scipy would sum the repeats on conversion): the first 40 entries twice.
+    order = np.argsort(twice.row if fmt == "csr" else twice.col, kind="stable")
+    major = (twice.row if fmt == "csr" else twice.col)[order]
+    minor = (twice.col if fmt == "csr" else twice.row)[order]
+    indptr = np.searchsorted(major, np.arange(base.shape[0 if fmt == "csr" else 1] + 1))
+    messy = raw((twice.data[order], minor, indptr), shape=base.shape)
+    assert not messy.has_canonical_format
+    before = messy.data.copy()
+    summed = twice.toarray()
+    umap = rng.random((120, 2), dtype=np.float32)
+    for name, x in (("messy", messy), ("summed", summed)):
+        a = ad.AnnData(x, obsm={"X_umap": umap})
+        a.cellucid.export(tmp_path / name, compression=None, progress=False)
+    genes = [
+        {k: v for k, v in folder_digest(tmp_path / n).items() if k.startswith("var")}
+        for n in ("messy", "summed")
+    ]
+    assert len(genes[0]) == 31 and genes[0] == genes[1]  # 30 genes and the manifest
+    np.testing.assert_array_equal(messy.data, before)

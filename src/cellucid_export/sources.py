@@ -235,7 +235,9 @@ class StreamedCSR(GeneBlockSource):
         self.group = group
         self.indptr = group["indptr"][...].astype(np.int64)
         obs_idx = _as_index(obs_idx, shape[0])
-        self.row_lut = _row_lut(obs_idx, shape[0])
+        # The kernels take an empty table for "every row, in order".
+        lut = _row_lut(obs_idx, shape[0])
+        self.row_lut = np.empty(0, np.int32) if lut is None else lut
         n = shape[0] if obs_idx is None else len(obs_idx)
         super().__init__((n, shape[1]), kind, obs_idx)
         self._file_rows = shape[0]
@@ -299,22 +301,21 @@ class StreamedCSR(GeneBlockSource):
                 ind, val = ind_ds[a:b], data_ds[a:b]
             yield r0, self.indptr[r0 : r1 + 1] - a, ind, _f32(val)
 
-    def _lut(self) -> np.ndarray:
-        return self.row_lut if self.row_lut is not None else np.empty(0, np.int32)
+    def _pass(self, pos_of, stats, on_records=None, genes_per_block=1, n_blocks=1) -> bool:
+        """One sequential pass adding to ``stats``; returns whether every row's columns were sorted.
 
-    def _pass(self, pos_of, stats, genes_per_block=None, n_blocks=1, ordered=None):
-        """One sequential pass adding to ``stats``; with ``genes_per_block``, yields each run's records.
-
-        ``ordered`` (a list) receives whether every row's columns were sorted.
+        With ``on_records``, each run's records grouped by block are handed to it with the block bounds.
         """
-        lut = self._lut()
         rows_sorted = True
         for r0, ptr, ind, val in self._row_runs():
-            rows_sorted &= kernels.csr_stats(ptr, ind, val, r0, lut, pos_of, *stats.arrays())
-            if genes_per_block is not None:
-                yield kernels.bucket_csr_rows(ptr, ind, val, r0, lut, pos_of, genes_per_block, n_blocks)
-        if ordered is not None:
-            ordered.append(rows_sorted)
+            rows_sorted &= kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
+            if on_records is not None:
+                on_records(
+                    *kernels.bucket_csr_rows(
+                        ptr, ind, val, r0, self.row_lut, pos_of, genes_per_block, n_blocks
+                    )
+                )
+        return rows_sorted
 
     def blocks(self, gene_idx, genes_per_block, scratch_dir=None):
         """Blocks of genes as :class:`~cellucid_export.blocks.SparseGenes`.
@@ -333,27 +334,29 @@ class StreamedCSR(GeneBlockSource):
         stats = SparseStats.empty(n_genes)
         n_cells = self.shape[0]
         if self.rereads:
-            ordered: list[bool] = []
-            for _ in self._pass(pos_of, stats, ordered=ordered):
-                pass
+            rows_sorted = self._pass(pos_of, stats)
             # Genes in file order over sorted rows: each pass visits only its genes' window of columns.
-            columns = gene_idx if ordered[0] and bool(np.all(np.diff(gene_idx) > 0)) else None
+            columns = gene_idx if rows_sorted and bool(np.all(np.diff(gene_idx) > 0)) else None
             for g0 in range(0, n_genes, per):
                 g1 = min(n_genes, g0 + per)
-                yield CSRPass(n_cells, stats[g0:g1], g0, g1, self._row_runs, pos_of, self._lut(), columns)
+                yield CSRPass(n_cells, stats[g0:g1], g0, g1, self._row_runs, pos_of, self.row_lut, columns)
             return
         if n_blocks == 1:
-            parts = [rec for rec, _ in self._pass(pos_of, stats, per, 1)]
+            parts: list[np.ndarray] = []
+            self._pass(pos_of, stats, lambda rec, bounds: parts.append(rec))
             yield GeneRecords(n_cells, stats, 0, n_genes, parts)
             return
         with tempfile.TemporaryDirectory(prefix="cellucid-export-", dir=scratch_dir) as tmp:
             paths = [Path(tmp) / f"block{b}.bin" for b in range(n_blocks)]
             handles = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below, together
+
+            def spill(rec, bounds):
+                raw = rec.view(np.uint8).reshape(-1, RECORD.itemsize)
+                for b in np.flatnonzero(np.diff(bounds)):
+                    handles[b].write(raw[bounds[b] : bounds[b + 1]])
+
             try:
-                for rec, bounds in self._pass(pos_of, stats, per, n_blocks):
-                    raw = rec.view(np.uint8).reshape(-1, RECORD.itemsize)
-                    for b in np.flatnonzero(np.diff(bounds)):
-                        handles[b].write(raw[bounds[b] : bounds[b + 1]])
+                self._pass(pos_of, stats, spill, per, n_blocks)
             finally:
                 for h in handles:
                     h.close()
@@ -483,6 +486,11 @@ def open_source(x, obs_idx=None) -> GeneBlockSource:
         return cls(x, shape, obs_idx)
     if isinstance(x, h5py.Dataset):
         return OnDiskDense(x, obs_idx)
+    if sp.issparse(x) and x.format in ("csr", "csc") and not x.has_canonical_format:
+        # Repeated entries of one cell and gene add up (scipy's meaning); values are written one by one, so
+        # add them up first, on a copy: the user's matrix is left as it was.
+        x = x.copy()
+        x.sum_duplicates()
     if sp.issparse(x) and x.format == "csr":
         # Streamed like a file: selecting columns of a CSR matrix costs a full scan per block otherwise.
         arrays = {"data": x.data, "indices": x.indices, "indptr": x.indptr}

@@ -115,6 +115,15 @@ class _Folder:
         if ordered and not missing and not extra and list(obj) != list(required):
             self.add(f"{name} keys are not in the order the format gives ({', '.join(required)}).")
 
+    def suffix(self, rel: str, compression) -> bool:
+        """The .gz rule: a payload's name ends in .gz exactly when the manifest says compression."""
+        if rel.endswith(".gz") != bool(compression):
+            self.add(
+                f"{rel}: compression is {compression}, so its name must {'' if compression else 'not '}end in .gz."
+            )
+            return False
+        return True
+
     def _envelope(self, p: Path, rel: str, size: int) -> None:
         """Header, trailer and length of a payload, without decoding it (for files we just wrote)."""
         if not rel.endswith(".gz"):
@@ -136,10 +145,7 @@ class _Folder:
         """Read a declared payload; checks existence, the .gz rule, the gzip envelope and the length."""
         self.declared.add(rel)
         p = self.path / rel
-        if rel.endswith(".gz") != bool(compression):
-            self.add(
-                f"{rel}: compression is {compression}, so its name must {'' if compression else 'not '}end in .gz."
-            )
+        self.suffix(rel, compression)
         if not p.is_file():
             self.add(f"{rel} is missing.")
             return None
@@ -726,7 +732,7 @@ ENVELOPE_SAMPLE = 64
 
 
 def _check_written_genes(f: _Folder, genes: list[tuple[str, str]], comp, size: int) -> None:
-    """The export's check of its own gene files: all present (one directory listing), a sample whole.
+    """The export's check of its own gene files: all present (one directory listing), a sample opened.
 
     Reading 20,000 headers back costs seconds and only re-checks the writer's own arithmetic, which
     the sample does as well; the user-facing :func:`validate` still decodes every file.
@@ -739,9 +745,9 @@ def _check_written_genes(f: _Folder, genes: list[tuple[str, str]], comp, size: i
         if folder not in listed:
             d = f.path / folder
             listed[folder] = set(os.listdir(d)) if d.is_dir() else set()
-        if rel.endswith(".gz") != bool(comp):
-            f.add(f"{rel}: compression is {comp}, so its name must {'' if comp else 'not '}end in .gz.")
-        elif fname not in listed[folder]:
+        if not f.suffix(rel, comp):
+            continue
+        if fname not in listed[folder]:
             f.add(f"{rel} is missing.")
         elif k % step == 0 or k == len(genes) - 1:
             f._envelope(f.path / rel, rel, size)
