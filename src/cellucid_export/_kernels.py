@@ -11,8 +11,9 @@ run), the run's first file row ``row0``, ``row_lut`` mapping file rows to output
 exported; empty: identity) and ``pos_of`` mapping file columns to export positions (-1: not
 exported).
 
-Helpers take and return scalars only: a helper taking arrays would cost a reference count per
-stored value, ten times the work itself.
+The per-gene statistics loop is written out in each kernel that needs it: a helper taking the
+arrays would cost a reference count per stored value, ten times the work itself, and one taking and
+returning scalars (tried) made the statistics pass a third slower on M (0.44 -> 0.57 s).
 """
 
 from __future__ import annotations
@@ -51,16 +52,6 @@ def _encode(v, lo, scale, steps, marker):
     return min(max(c, 0.0), np.float64(steps))
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _seen(v, vmin, vmax):
-    """One stored value's effect on its gene: (kind, new min, new max); kind 0 finite, 1 NaN, 2 +/-Inf."""
-    if np.isnan(v):
-        return 1, vmin, vmax
-    if np.isinf(v):
-        return 2, vmin, vmax
-    return 0, min(vmin, v), max(vmax, v)
-
-
 @_jit
 def csr_stats(indptr, indices, data, row0, row_lut, pos_of, vmin, vmax, n_stored, n_nan, n_inf):
     """Add a run of CSR rows to the per-gene statistics (arrays indexed by export position).
@@ -79,10 +70,15 @@ def csr_stats(indptr, indices, data, row0, row_lut, pos_of, vmin, vmax, n_stored
             p = pos_of[indices[k]]
             if p < 0:
                 continue
-            kind, vmin[p], vmax[p] = _seen(data[k], vmin[p], vmax[p])
+            v = data[k]
             n_stored[p] += 1
-            n_nan[p] += kind == 1
-            n_inf[p] += kind == 2
+            if np.isnan(v):
+                n_nan[p] += 1
+            elif np.isinf(v):
+                n_inf[p] += 1
+            else:
+                vmin[p] = min(vmin[p], v)
+                vmax[p] = max(vmax[p], v)
     return ordered
 
 
@@ -91,10 +87,15 @@ def csc_stats(indptr, data, vmin, vmax, n_stored, n_nan, n_inf):
     """Per-gene statistics of a CSC block (arrays indexed by the block's columns)."""
     for p in range(len(indptr) - 1):
         for k in range(indptr[p], indptr[p + 1]):
-            kind, vmin[p], vmax[p] = _seen(data[k], vmin[p], vmax[p])
+            v = data[k]
             n_stored[p] += 1
-            n_nan[p] += kind == 1
-            n_inf[p] += kind == 2
+            if np.isnan(v):
+                n_nan[p] += 1
+            elif np.isinf(v):
+                n_inf[p] += 1
+            else:
+                vmin[p] = min(vmin[p], v)
+                vmax[p] = max(vmax[p], v)
 
 
 @_jit

@@ -229,12 +229,12 @@ def write_genes(
             # Dense payloads take more room than a sparse block: they are made a slice at a time.
             for s in range(0, block.shape[1], payload_genes):
                 part = block[:, s : s + payload_genes]
-                if len(buffers) < 2:
-                    buffers.append(np.empty(size, np.uint8))
-                buffers.reverse()
-                yield quantize_block(
-                    part, var_quantization, constant_plus_one=layout == "name", out=buffers[0]
-                )
+                if sel.source.is_sparse:  # dense blocks make their own payload
+                    if len(buffers) < 2:
+                        buffers.append(np.empty(size, np.uint8))
+                    buffers.reverse()
+                out = buffers[0] if buffers else None
+                yield quantize_block(part, var_quantization, constant_plus_one=layout == "name", out=out)
 
     bar = tqdm(total=n, unit="gene", desc="cellucid-export", disable=not progress, leave=False)
     start = 0
