@@ -131,16 +131,17 @@ def test_every_block_kind_quantizes_alike(bits):
     records = GeneRecords(300, stats, 0, 60, np.array_split(rec, 4))[:, 10:60]
     from_records = quantize_block(records, bits, constant_plus_one=True)
     np.testing.assert_array_equal(records.toarray(), x.toarray())
-    # The same genes read from CSR rows (in three runs), their file columns reversed.
+    # The same genes read from CSR rows (three runs in two parts, on two threads), file columns reversed.
     csr = sp.csr_matrix(x[:, ::-1])
     pos_of = np.arange(49, -1, -1, dtype=np.int32) + 10
 
-    def runs():
-        for r0, r1 in ((0, 100), (100, 101), (101, 300)):
+    def runs(part):
+        for r0, r1 in part:
             a, b = csr.indptr[r0], csr.indptr[r1]
             yield r0, csr.indptr[r0 : r1 + 1] - a, csr.indices[a:b], csr.data[a:b]
 
-    passes = CSRPass(300, stats, 0, 60, runs, pos_of, np.empty(0, np.int32))[:, 10:60]
+    parts = [[(0, 100)], [(100, 101), (101, 300)]]
+    passes = CSRPass(300, stats, 0, 60, runs, parts, pos_of, np.empty(0, np.int32))[:, 10:60]
     from_passes = quantize_block(passes, bits, constant_plus_one=True)
     # Genes in file order (every other column of a wider file, sorted rows): passes visit column windows,
     # here of 25 genes each.
@@ -153,10 +154,10 @@ def test_every_block_kind_quantizes_alike(bits):
     wide_pos[::2] = np.arange(10, 60)
     columns = np.r_[np.zeros(10, np.int64), np.arange(0, 100, 2)]
 
-    def wide_runs():
+    def wide_runs(part):
         yield 0, wide.indptr, wide.indices, wide.data.astype(np.float32)
 
-    windowed = CSRPass(300, stats, 0, 60, wide_runs, wide_pos, np.empty(0, np.int32), columns)
+    windowed = CSRPass(300, stats, 0, 60, wide_runs, [[(0, 300)]], wide_pos, np.empty(0, np.int32), columns)
     from_windows = [quantize_block(windowed[:, a : a + 25], bits, constant_plus_one=True) for a in (10, 35)]
     np.testing.assert_array_equal(np.vstack([q.payload for q in from_windows]), dense.payload)
     for q in (csc, from_records, from_passes):

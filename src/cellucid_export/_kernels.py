@@ -26,6 +26,7 @@ __all__ = [
     "bucket_csr_rows",
     "csc_stats",
     "csr_stats",
+    "fill_rows",
     "scatter_csc",
     "scatter_csr_rows",
     "scatter_records",
@@ -178,3 +179,10 @@ def scatter_csc(indptr, indices, data, lo, scale, steps, marker, payload):
     for g in range(len(indptr) - 1):
         for k in range(indptr[g], indptr[g + 1]):
             payload[g, indices[k]] = _encode(data[k], lo[g], scale[g], steps, marker)
+
+
+@_jit
+def fill_rows(payload, values):
+    """Set every element of ``payload[g]`` to ``values[g]`` (the code of 0.0 of each gene), GIL released."""
+    for g in range(payload.shape[0]):
+        payload[g, :] = values[g]

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _kernels as kernels
+from ._parallel import in_threads
 
 __all__ = ["CSRPass", "GeneRecords", "SparseGenes", "SparseStats"]
 
@@ -56,6 +57,15 @@ class SparseStats:
 
     def __getitem__(self, key: slice) -> SparseStats:
         return SparseStats(*(a[key] for a in self.arrays()))
+
+    @classmethod
+    def merge(cls, parts: list[SparseStats]) -> SparseStats:
+        """The statistics of the values of all ``parts`` together (each part covers the same genes)."""
+        return cls(
+            np.minimum.reduce([p.vmin for p in parts]),
+            np.maximum.reduce([p.vmax for p in parts]),
+            *(sum(getattr(p, k) for p in parts) for k in ("n_stored", "n_nan", "n_inf")),
+        )
 
 
 @dataclass
@@ -120,7 +130,9 @@ class CSRPass(SparseGenes):
     ``row_lut`` map file columns to gene positions and file rows to cells (see the kernels).
     """
 
-    runs: Callable[[], Iterable[tuple]]
+    runs: Callable[[list], Iterable[tuple]]
+    #: Parts of the matrix (row chunks), scanned on a thread each: each cell is written by one part.
+    parts: list[list]
     pos_of: np.ndarray
     row_lut: np.ndarray
     #: File column of each export position when rows are sorted and positions follow file order
@@ -133,20 +145,12 @@ class CSRPass(SparseGenes):
             window = int(self.columns[self.g0]), int(self.columns[self.g1 - 1])
         else:
             window = 0, len(self.pos_of)
-        for r0, ptr, ind, val in self.runs():
-            kernels.scatter_csr_rows(
-                ptr,
-                ind,
-                val,
-                r0,
-                self.row_lut,
-                self.pos_of,
-                self.g0,
-                self.g1,
-                *window,
-                lo,
-                scale,
-                steps,
-                marker,
-                payload,
-            )
+
+        def scan(part):
+            for r0, ptr, ind, val in self.runs(part):
+                kernels.scatter_csr_rows(
+                    ptr, ind, val, r0, self.row_lut, self.pos_of, self.g0, self.g1, *window,
+                    lo, scale, steps, marker, payload,
+                )  # fmt: skip
+
+        in_threads(scan, self.parts)

@@ -225,7 +225,7 @@ def write_genes(
         size = min(payload_genes, n) * sel.n_cells * np.dtype(PAYLOAD_KINDS[var_quantization][1]).itemsize
         # Scratch files (on-disk CSR with several blocks) live in the staging folder: same disk, cleaned up
         # with it on any failure.
-        for block in sel.source.blocks(sel.gene_idx, read_genes, scratch_dir=folder):
+        for block in sel.source.blocks(sel.gene_idx, read_genes, scratch_dir=folder, n_threads=n_jobs):
             # Dense payloads take more room than a sparse block: they are made a slice at a time.
             for s in range(0, block.shape[1], payload_genes):
                 part = block[:, s : s + payload_genes]
@@ -338,7 +338,7 @@ def export_parts(
         )
         written += more
         _guard(stage.path, dataset)
-        n_files = sum(1 for p in stage.path.rglob("*") if p.is_file())
+        n_files = sum(len(files) for _, _, files in os.walk(stage.path))
         stage.publish()
     _warn_nonfinite(nonfinite, var_quantization, sel.n_cells)
     if not dataset.viewer_ready:

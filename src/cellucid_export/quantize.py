@@ -104,33 +104,27 @@ def _sparse_scale(stats: SparseStats, n_cells: int, bits: int, constant_plus_one
     return lo, hi, scale
 
 
-def _zeroed(shape: tuple[int, int], dtype, out: np.ndarray | None) -> np.ndarray:
-    """A zero-filled array of ``shape``, in ``out``'s memory when given (a 1-D ``uint8`` buffer)."""
-    dtype = np.dtype(dtype)
-    if out is None:
-        return np.zeros(shape, dtype)
-    view = out[: shape[0] * shape[1] * dtype.itemsize].view(dtype).reshape(shape)
-    view.fill(0)
-    return view
-
-
 def _quantize_sparse(
     block, stats: SparseStats, bits: int | None, constant_plus_one: bool, out: np.ndarray | None
 ) -> QuantizedBlock:
     """Payload of a CSC block or of gene records: the code of 0.0 everywhere, then each stored value."""
     n_cells, n_genes = block.shape
-    # Zero-filled memory comes free from the OS; most genes (log1p) have the code 0 for a 0 anyway.
-    payload = _zeroed((n_genes, n_cells), _DTYPES[bits], out)
+    dtype = np.dtype(_DTYPES[bits])
+    if out is None:
+        payload = np.empty((n_genes, n_cells), dtype)
+    else:
+        payload = out[: n_genes * n_cells * dtype.itemsize].view(dtype).reshape(n_genes, n_cells)
     if bits is None:
         lo = hi = None
+        zero_code = np.zeros(n_genes, dtype)
         args = (np.zeros(n_genes), np.zeros(n_genes), 0, 0, payload)  # steps 0: values as they are
     else:
         lo, hi, scale = _sparse_scale(stats, n_cells, bits, constant_plus_one)
         lo64 = lo.astype(np.float64)
         zero_code = _codes(np.zeros(n_genes, np.float32), lo64, scale, bits)
-        for g in np.flatnonzero(zero_code):
-            payload[g] = zero_code[g]
         args = (lo64, scale, STEPS[bits], MARKER[bits], payload)
+    # Filling hundreds of MB is memory-bound: done in compiled code, it leaves the GIL to the gzip threads.
+    kernels.fill_rows(payload, zero_code)
     if isinstance(block, SparseGenes):
         block.scatter(*args)
     else:

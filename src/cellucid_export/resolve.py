@@ -485,5 +485,5 @@ class _ColumnSubset(GeneBlockSource):
     def sample_rows(self, n_rows):
         return self.inner.sample_rows(n_rows)[:, self.var_idx]
 
-    def blocks(self, gene_idx, genes_per_block, scratch_dir=None):
-        return self.inner.blocks(self.var_idx[np.asarray(gene_idx)], genes_per_block, scratch_dir)
+    def blocks(self, gene_idx, genes_per_block, scratch_dir=None, n_threads=1):
+        return self.inner.blocks(self.var_idx[np.asarray(gene_idx)], genes_per_block, scratch_dir, n_threads)

@@ -12,6 +12,8 @@ Memory is bounded by the block size (chosen by :mod:`cellucid_export.plan`) plus
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +26,9 @@ import scipy.sparse as sp
 
 from . import _kernels as kernels
 from ._kernels import RECORD
+from ._parallel import in_threads
 from .blocks import CSRPass, GeneRecords, SparseGenes, SparseStats
+from .h5raw import raw_reader
 
 __all__ = ["GeneBlockSource", "open_source"]
 
@@ -83,10 +87,13 @@ class GeneBlockSource:
         """A dense float32 sample of up to ``n_rows`` cells and all genes, read cheaply."""
         raise NotImplementedError
 
-    def blocks(self, gene_idx: np.ndarray, genes_per_block: int, scratch_dir=None) -> Iterator[Block]:
+    def blocks(
+        self, gene_idx: np.ndarray, genes_per_block: int, scratch_dir=None, n_threads: int = 1
+    ) -> Iterator[Block]:
         """Yield blocks of the genes ``gene_idx`` (in that order), ``genes_per_block`` at a time.
 
-        ``scratch_dir`` is where a source may keep temporary files (only on-disk CSR uses it).
+        ``scratch_dir`` is where a source may keep temporary files, and ``n_threads`` how many threads
+        a pass over the matrix may use (both only used by CSR).
         """
         gene_idx = np.asarray(gene_idx, dtype=np.int64)
         for start in range(0, len(gene_idx), max(1, genes_per_block)):
@@ -269,61 +276,85 @@ class StreamedCSR(GeneBlockSource):
         )
         return _f32(m[rows - lo].toarray())
 
-    def _chunks(self) -> list[tuple[int, int]]:
-        """Row ranges holding about READ_CHUNK_NNZ stored values each."""
+    def _parts(self, n: int) -> list[list[tuple[int, int]]]:
+        """The matrix as up to ``n`` consecutive parts, each a list of row chunks of about READ_CHUNK_NNZ values."""
         nnz = int(self.indptr[-1])
         targets = np.arange(READ_CHUNK_NNZ, nnz, READ_CHUNK_NNZ)
         bounds = np.unique(np.concatenate([[0], np.searchsorted(self.indptr, targets), [self._file_rows]]))
-        return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+        chunks = list(itertools.pairwise(bounds.tolist()))
+        cuts = np.linspace(0, len(chunks), max(1, min(n, len(chunks))) + 1).astype(int)
+        return [chunks[a:b] for a, b in itertools.pairwise(cuts)]
 
-    def _row_runs(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-        """(first row, row pointers, column indices, float32 values) of consecutive row chunks.
+    def _row_runs(
+        self, chunks: list[tuple[int, int]]
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """(first row, row pointers, column indices, float32 values) of each of the row ``chunks``.
 
         Arrays in memory are sliced without copying; a file is read into buffers reused from chunk
-        to chunk, so reading allocates nothing per chunk.
+        to chunk, so reading allocates nothing per chunk. Each call has its own buffers and file
+        handles: calls for different chunks can run on different threads.
         """
-        chunks = self._chunks()
         data_ds, ind_ds = self.group["data"], self.group["indices"]
-        on_disk = isinstance(data_ds, h5py.Dataset)
-        if on_disk and chunks:
-            longest = max(int(self.indptr[r1] - self.indptr[r0]) for r0, r1 in chunks)
-            ind_buf = np.empty(longest, ind_ds.dtype)
-            val_buf = np.empty(longest, data_ds.dtype)
-        for r0, r1 in chunks:
-            a, b = int(self.indptr[r0]), int(self.indptr[r1])
-            if a == b:
-                continue
-            if on_disk:
+        if not isinstance(data_ds, h5py.Dataset):
+            for r0, r1 in chunks:
+                a, b = int(self.indptr[r0]), int(self.indptr[r1])
+                if a < b:
+                    yield r0, self.indptr[r0 : r1 + 1] - a, ind_ds[a:b], _f32(data_ds[a:b])
+            return
+        longest = max((int(self.indptr[r1] - self.indptr[r0]) for r0, r1 in chunks), default=0)
+        ind_buf, val_buf = np.empty(longest, ind_ds.dtype), np.empty(longest, data_ds.dtype)
+        with contextlib.ExitStack() as stack:
+            readers = []
+            for ds in (ind_ds, data_ds):
+                raw = raw_reader(ds)
+                if raw is None:
+                    readers.append(lambda a, b, out, ds=ds: ds.read_direct(out, np.s_[a:b], np.s_[0 : b - a]))
+                else:
+                    readers.append(stack.enter_context(raw).read)
+            read_ind, read_val = readers
+            for r0, r1 in chunks:
+                a, b = int(self.indptr[r0]), int(self.indptr[r1])
+                if a == b:
+                    continue
                 ind, val = ind_buf[: b - a], val_buf[: b - a]
-                ind_ds.read_direct(ind, np.s_[a:b], np.s_[0 : b - a])
-                data_ds.read_direct(val, np.s_[a:b], np.s_[0 : b - a])
-            else:
-                ind, val = ind_ds[a:b], data_ds[a:b]
-            yield r0, self.indptr[r0 : r1 + 1] - a, ind, _f32(val)
+                read_ind(a, b, ind)
+                read_val(a, b, val)
+                yield r0, self.indptr[r0 : r1 + 1] - a, ind, _f32(val)
 
-    def _pass(self, pos_of, stats, on_records=None, genes_per_block=1, n_blocks=1) -> bool:
-        """One sequential pass adding to ``stats``; returns whether every row's columns were sorted.
+    def _stats_pass(self, pos_of, n_genes: int, n_threads: int) -> tuple[SparseStats, bool]:
+        """Every exported gene's statistics, and whether every row's columns were sorted.
 
-        With ``on_records``, each run's records grouped by block are handed to it with the block bounds.
+        Parts of the matrix go to ``n_threads`` threads, each with statistics of its own, merged after.
         """
-        rows_sorted = True
-        for r0, ptr, ind, val in self._row_runs():
-            rows_sorted &= kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
-            if on_records is not None:
-                on_records(
-                    *kernels.bucket_csr_rows(
-                        ptr, ind, val, r0, self.row_lut, pos_of, genes_per_block, n_blocks
-                    )
-                )
-        return rows_sorted
 
-    def blocks(self, gene_idx, genes_per_block, scratch_dir=None):
+        def scan(chunks):
+            stats, rows_sorted = SparseStats.empty(n_genes), True
+            for r0, ptr, ind, val in self._row_runs(chunks):
+                rows_sorted &= kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
+            return stats, rows_sorted
+
+        results = in_threads(scan, self._parts(n_threads))
+        return SparseStats.merge([s for s, _ in results]), all(ok for _, ok in results)
+
+    def _records_pass(self, pos_of, stats, on_records, genes_per_block=1, n_blocks=1) -> None:
+        """One pass adding to ``stats`` and handing each run's records, grouped by block, to ``on_records``.
+
+        Records keep the file's order, so this pass runs on one thread.
+        """
+        for r0, ptr, ind, val in self._row_runs(self._parts(1)[0]):
+            kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
+            on_records(
+                *kernels.bucket_csr_rows(ptr, ind, val, r0, self.row_lut, pos_of, genes_per_block, n_blocks)
+            )
+
+    def blocks(self, gene_idx, genes_per_block, scratch_dir=None, n_threads=1):
         """Blocks of genes as :class:`~cellucid_export.blocks.SparseGenes`.
 
         A first pass gathers every gene's statistics. Then, when re-reading the matrix is cheap (see
-        :attr:`rereads`), each block writes its values by one more pass; otherwise the first pass also
-        sorts the values into records (12 bytes per stored value), kept in memory for a single block or
-        in scratch files in ``scratch_dir`` (or the system temporary folder) for several.
+        :attr:`rereads`), each block writes its values by one more pass, both kinds of pass split over
+        ``n_threads`` threads by rows; otherwise the first pass also sorts the values into records (12
+        bytes per stored value), kept in memory for a single block or in scratch files in
+        ``scratch_dir`` (or the system temporary folder) for several.
         """
         gene_idx = np.asarray(gene_idx, dtype=np.int64)
         n_genes = len(gene_idx)
@@ -331,19 +362,22 @@ class StreamedCSR(GeneBlockSource):
         n_blocks = max(1, -(-n_genes // per))
         pos_of = np.full(self.shape[1], -1, dtype=np.int32)
         pos_of[gene_idx] = np.arange(n_genes, dtype=np.int32)
-        stats = SparseStats.empty(n_genes)
         n_cells = self.shape[0]
         if self.rereads:
-            rows_sorted = self._pass(pos_of, stats)
+            stats, rows_sorted = self._stats_pass(pos_of, n_genes, n_threads)
             # Genes in file order over sorted rows: each pass visits only its genes' window of columns.
             columns = gene_idx if rows_sorted and bool(np.all(np.diff(gene_idx) > 0)) else None
+            parts = self._parts(n_threads)
             for g0 in range(0, n_genes, per):
                 g1 = min(n_genes, g0 + per)
-                yield CSRPass(n_cells, stats[g0:g1], g0, g1, self._row_runs, pos_of, self.row_lut, columns)
+                yield CSRPass(
+                    n_cells, stats[g0:g1], g0, g1, self._row_runs, parts, pos_of, self.row_lut, columns
+                )
             return
+        stats = SparseStats.empty(n_genes)
         if n_blocks == 1:
             parts: list[np.ndarray] = []
-            self._pass(pos_of, stats, lambda rec, bounds: parts.append(rec))
+            self._records_pass(pos_of, stats, lambda rec, bounds: parts.append(rec))
             yield GeneRecords(n_cells, stats, 0, n_genes, parts)
             return
         with tempfile.TemporaryDirectory(prefix="cellucid-export-", dir=scratch_dir) as tmp:
@@ -356,7 +390,7 @@ class StreamedCSR(GeneBlockSource):
                     handles[b].write(raw[bounds[b] : bounds[b + 1]])
 
             try:
-                self._pass(pos_of, stats, spill, per, n_blocks)
+                self._records_pass(pos_of, stats, spill, per, n_blocks)
             finally:
                 for h in handles:
                     h.close()
