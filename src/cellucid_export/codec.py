@@ -25,9 +25,9 @@ GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 #: runs miss, and a quick search (level 1) on the first :data:`PROBE_BYTES` checks whether it does.
 SEARCH_ABOVE = 0.25
 #: Bytes of a vector the quick search probes. On 100k-cell genes dense enough to be probed (15% of M's
-#: genes), a quick search over the whole vector never beat runs yet took 30% of all encoding time; a
-#: probe costs a sixth of that and still sees repeats up to this distance.
-PROBE_BYTES = 16 * 1024
+#: genes), a quick search over the whole vector never beat the first pass yet took 30% of all encoding
+#: time; the probe costs 2% and still sees a pattern that repeats within this many cells.
+PROBE_BYTES = 4 * 1024
 #: Above this fraction of bytes that differ from the first one, runs are short and deflate does better
 #: coding each byte on its own (``Z_HUFFMAN_ONLY``): on M's genes the two cross near 15%, and for a gene
 #: expressed in every cell Huffman-only is 7% smaller and 25% faster than runs.

@@ -26,7 +26,7 @@ from .plan import (
     format_bytes,
     parse_bytes,
 )
-from .quantize import PAYLOAD_KINDS, quantize_block
+from .quantize import PAYLOAD_KINDS, payload_buffer, quantize_block
 from .resolve import AnnDataParts, Selection, check_options, resolve, safe_name
 from .writer import (
     StagingFolder,
@@ -231,7 +231,7 @@ def write_genes(
                 part = block[:, s : s + payload_genes]
                 if sel.source.is_sparse:  # dense blocks make their own payload
                     if len(buffers) < 2:
-                        buffers.append(np.empty(size, np.uint8))
+                        buffers.append(payload_buffer(size))
                     buffers.reverse()
                 out = buffers[0] if buffers else None
                 yield quantize_block(part, var_quantization, constant_plus_one=layout == "name", out=out)

@@ -8,6 +8,7 @@ byte fill per cell and gene, never a float pass over the dense matrix.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import scipy.sparse as sp
 from . import _kernels as kernels
 from .blocks import SparseGenes, SparseStats
 
-__all__ = ["MARKER", "STEPS", "QuantizedBlock", "dequantize", "quantize_block"]
+__all__ = ["MARKER", "STEPS", "QuantizedBlock", "dequantize", "payload_buffer", "quantize_block"]
 
 #: Highest code of a valid value, per bit depth.
 STEPS = {8: 254, 16: 65534}
@@ -104,16 +105,30 @@ def _sparse_scale(stats: SparseStats, n_cells: int, bits: int, constant_plus_one
     return lo, hi, scale
 
 
+def payload_buffer(nbytes: int) -> np.ndarray:
+    """A 1-D ``uint8`` buffer of ``nbytes`` for payloads, its memory mapped in at once where possible.
+
+    Touching fresh memory page by page costs a fault per 4 KB page; asking the system to map the whole
+    buffer up front (``MAP_POPULATE``, Linux) was 3-6x cheaper for a 250 MB payload on the benchmark
+    machine. Small buffers, and other systems, get ``np.empty``.
+    """
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if not populate or nbytes < 2**24:  # small buffers come from the allocator's own pool
+        return np.empty(max(0, nbytes), np.uint8)
+    # The array keeps the mapping alive; it is unmapped when the array is freed.
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | populate), np.uint8)
+
+
 def _quantize_sparse(
     block, stats: SparseStats, bits: int | None, constant_plus_one: bool, out: np.ndarray | None
 ) -> QuantizedBlock:
     """Payload of a CSC block or of gene records: the code of 0.0 everywhere, then each stored value."""
     n_cells, n_genes = block.shape
     dtype = np.dtype(_DTYPES[bits])
+    nbytes = n_genes * n_cells * dtype.itemsize
     if out is None:
-        payload = np.empty((n_genes, n_cells), dtype)
-    else:
-        payload = out[: n_genes * n_cells * dtype.itemsize].view(dtype).reshape(n_genes, n_cells)
+        out = payload_buffer(nbytes)
+    payload = out[:nbytes].view(dtype).reshape(n_genes, n_cells)
     if bits is None:
         lo = hi = None
         zero_code = np.zeros(n_genes, dtype)

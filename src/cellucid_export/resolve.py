@@ -414,24 +414,28 @@ def _check_ids(ids: Sequence, column: str | None) -> list[str]:
     return list(ids)
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
 def safe_name(gene_id: str) -> str:
     """The file-name form of a gene id in the name layout (the viewer applies the same function)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", gene_id).strip("._")
+    return _UNSAFE.sub("_", gene_id).strip("._")
 
 
 def name_layout_problems(ids: Sequence[str], folder: str = "var", suffix: str = ".values.*") -> list[str]:
     """Why ``ids`` cannot all be file names ``folder/<safe(id)><suffix>`` (empty list when they can)."""
     problems: list[str] = []
+    safe = [safe_name(g) for g in ids]
     by_safe: dict[str, list[str]] = {}
-    for gid in ids:
-        by_safe.setdefault(safe_name(gid).lower(), []).append(gid)
+    for gid, name in zip(ids, safe, strict=True):
+        by_safe.setdefault(name.lower(), []).append(gid)
     for group in by_safe.values():
         if len(group) > 1:
             problems.append(f"{_show(group)} all become {folder}/{safe_name(group[0])}{suffix}")
-    empty = [g for g in ids if not safe_name(g)]
+    empty = [g for g, name in zip(ids, safe, strict=True) if not name]
     if empty:
         problems.append(f"{_show(empty)} have no usable character for a file name")
-    device = [g for g in ids if safe_name(g).split(".")[0].upper() in _WINDOWS_DEVICES]
+    device = [g for g, name in zip(ids, safe, strict=True) if name.split(".")[0].upper() in _WINDOWS_DEVICES]
     if device:
         problems.append(f"{_show(device)} are reserved file names on Windows")
     return problems
