@@ -89,3 +89,32 @@ def test_repeats_that_runs_miss_get_the_full_search(level):
     assert len(runs_only.compress(data) + runs_only.flush()) > len(data) / 2
     assert len(ours) < len(data) / 50  # the search found the period
     assert gzip_decompress(ours) == data
+
+
+def _runs_only(data: bytes, level: int) -> int:
+    c = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+    return len(c.compress(data) + c.flush())
+
+
+@pytest.mark.parametrize("level", [1, 6])
+def test_sparse_gene_expressed_in_the_first_cell_still_gets_runs(level):
+    """How runs-friendly a gene is does not depend on its first cell."""
+    x = np.zeros(100_000, np.uint8)
+    x[::50] = 3  # 2% of cells, the first one among them
+    ours = get_codec(level).encode(x.tobytes())
+    assert len(ours) <= _runs_only(x.tobytes(), level) + 18  # + gzip header and trailer
+    assert gzip_decompress(ours) == x.tobytes()
+
+
+@pytest.mark.parametrize("level", [1, 6])
+def test_gene_expressed_everywhere_is_coded_byte_by_byte(level):
+    """Few runs: Huffman coding alone beats runs, and the codec keeps the smaller stream."""
+    rng = np.random.default_rng(4)
+    expressed = rng.random(100_000) < 0.5  # half the cells, with varied levels: runs are short
+    x = np.where(expressed, np.clip(rng.normal(120, 30, 100_000), 1, 254), 0).astype(np.uint8).tobytes()
+    huffman = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_HUFFMAN_ONLY)
+    huffman_only = len(huffman.compress(x) + huffman.flush())
+    assert huffman_only < _runs_only(x, level)
+    ours = get_codec(level).encode(x)
+    assert len(ours) <= huffman_only + 18
+    assert gzip_decompress(ours) == x

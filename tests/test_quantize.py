@@ -167,3 +167,18 @@ def test_every_block_kind_quantizes_alike(bits):
         if bits is not None:
             np.testing.assert_array_equal(q.lo, dense.lo)
             np.testing.assert_array_equal(q.hi, dense.hi)
+
+
+def test_large_payload_buffers_are_writable_and_exact():
+    """Buffers past the allocator's pool are mapped in by the system; a payload in one is the same."""
+    from cellucid_export.quantize import payload_buffer
+
+    buf = payload_buffer(2**24 + 5)
+    assert buf.shape == (2**24 + 5,) and buf.dtype == np.uint8 and buf.flags.writeable
+    x = sp.random(
+        4_000, 4_200, density=0.05, format="csc", dtype=np.float32, random_state=2
+    )  # 16.8 MB of codes
+    np.testing.assert_array_equal(
+        quantize_block(x, 8, constant_plus_one=True, out=buf).payload,
+        quantize_block(x.toarray(), 8, constant_plus_one=True).payload,
+    )
