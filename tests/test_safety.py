@@ -158,3 +158,23 @@ def test_float32_warns_about_inf_and_all_nan(tmp_path):
     ex8 = cellucid_export.read_export(res8.path)
     assert np.isnan(ex8.gene("G1")).all() and ex8.bounds("G1") == (0.0, 1.0)
     assert np.isnan(ex8.gene("G2")[4]) and np.isfinite(np.delete(ex8.gene("G2"), 4)).all()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_cycle_collector_is_left_as_it_was(scrna, tmp_path, monkeypatch, enabled):
+    """The export pauses Python's cycle collector while it runs; success or failure, it is then as before."""
+    import gc
+
+    seen = []
+    real = export.write_genes
+    monkeypatch.setattr(export, "write_genes", lambda *a, **k: seen.append(gc.isenabled()) or real(*a, **k))
+    (gc.enable if enabled else gc.disable)()
+    try:
+        scrna.cellucid.export(tmp_path / "ok", progress=False)
+        assert seen == [False]
+        assert gc.isenabled() is enabled
+        with pytest.raises(errors.MatrixChoiceError):
+            scrna.cellucid.export(tmp_path / "bad", layer="no-such-layer", progress=False)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()

@@ -8,6 +8,7 @@ uses is read from its manifests. Every export runs it on its staging folder befo
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
@@ -175,7 +176,10 @@ def _is_int(x) -> bool:
 
 
 def _num(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x)
+    """A finite JSON number (integers of any size included)."""
+    if isinstance(x, bool):
+        return False
+    return isinstance(x, int) or (isinstance(x, float) and math.isfinite(x))
 
 
 def _layout_of(pattern: str) -> str | None:
