@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from cellucid_export.h5raw import raw_reader
+from cellucid_export import h5raw
+from cellucid_export.h5raw import raw_layout
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_any_range_reads_like_h5py(h5, name):
     path, _ = h5
     with h5py.File(path) as f:
         ds = f[name]
-        with raw_reader(ds) as reader:
+        with raw_layout(ds).open() as reader:
             # Ranges inside one chunk, across chunk boundaries, at both ends, the whole dataset.
             for a, b in [(0, 1), (5, 600), (600, 1300), (612, 614), (9_000, 10_007), (0, 10_007), (7, 7)]:
                 out = np.full(b - a + 3, -1, ds.dtype)
@@ -50,11 +51,11 @@ def test_any_range_reads_like_h5py(h5, name):
 def test_datasets_whose_bytes_are_not_plain_are_left_to_h5py(h5, name):
     path, _ = h5
     with h5py.File(path) as f:
-        assert raw_reader(f[name]) is None
+        assert raw_layout(f[name]) is None
 
 
-def test_in_memory_arrays_have_no_raw_reader():
-    assert raw_reader(np.zeros(10, np.float32)) is None
+def test_in_memory_arrays_have_no_raw_layout():
+    assert raw_layout(np.zeros(10, np.float32)) is None
 
 
 def test_anndata_written_matrix_reads_like_h5py(tmp_path):
@@ -65,7 +66,7 @@ def test_anndata_written_matrix_reads_like_h5py(tmp_path):
         for key in ("data", "indices"):
             ds = f["X"][key]
             assert ds.chunks is not None and ds.compression is None
-            with raw_reader(ds) as reader:
+            with raw_layout(ds).open() as reader:
                 out = np.empty(ds.shape[0] - 11, ds.dtype)
                 reader.read(10, ds.shape[0] - 1, out)
                 np.testing.assert_array_equal(out, ds[10:-1])
@@ -75,8 +76,30 @@ def test_truncated_file_is_reported(h5, tmp_path):
     path, _ = h5
     cut = tmp_path / "cut.h5"
     shutil.copy(path, cut)
-    with h5py.File(cut) as f, raw_reader(f["contiguous"]) as reader:
+    with h5py.File(cut) as f, raw_layout(f["contiguous"]).open() as reader:
         ds = f["contiguous"]
         os.truncate(cut, ds.id.get_offset() + ds.nbytes - 8)  # the dataset's last bytes are lost
         with pytest.raises(OSError, match="ended early"):
             reader.read(0, ds.shape[0], np.empty(ds.shape[0], np.float32))
+
+
+def test_chunk_addresses_without_the_one_call_listing():
+    """Older HDF5 lists chunks one call at a time: fine for a few chunks, too slow (so refused) for many."""
+
+    class Info:
+        def __init__(self, i):
+            self.chunk_offset, self.filter_mask, self.byte_offset, self.size = (i * 10,), 0, 1000 + 40 * i, 40
+
+    class Id:
+        def chunk_iter(self, callback):
+            raise NotImplementedError
+
+        def get_chunk_info(self, i):
+            return Info(i)
+
+    class Dataset:
+        id = Id()
+
+    few = h5raw._chunk_infos(Dataset(), 5)
+    assert [i.byte_offset for i in few] == [1000, 1040, 1080, 1120, 1160]
+    assert h5raw._chunk_infos(Dataset(), h5raw._SLOW_LISTING_LIMIT + 1) is None

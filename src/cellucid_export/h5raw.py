@@ -7,7 +7,7 @@ they are in memory: one contiguous extent, or chunks at addresses HDF5 reports. 
 bytes with ``preadv`` releases the lock and skips HDF5's bookkeeping.
 
 Only the simple, common case is taken: the default file driver, no filters, native byte order,
-every chunk written. :func:`raw_reader` returns None for anything else, and the caller keeps
+every chunk written. :func:`raw_layout` returns None for anything else, and the caller keeps
 using h5py.
 """
 
@@ -15,14 +15,29 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
-__all__ = ["RawReader", "raw_reader"]
+__all__ = ["RawLayout", "RawReader", "raw_layout"]
 
 #: Elements compared between h5py and a raw read at each end of a dataset before trusting the raw path.
 _CHECK = 64
+#: Without HDF5's one-call chunk listing, each chunk's address costs a walk of the chunk index; past
+#: this many chunks that is slower than letting h5py read.
+_SLOW_LISTING_LIMIT = 256
+
+
+def _chunk_infos(ds: h5py.Dataset, n_chunks: int) -> list | None:
+    infos: list = []
+    try:
+        ds.id.chunk_iter(infos.append)  # one walk of the index (h5py >= 3.8 with HDF5 >= 1.12.3)
+        return infos
+    except (AttributeError, NotImplementedError, RuntimeError):
+        if n_chunks > _SLOW_LISTING_LIMIT:
+            return None
+        return [ds.id.get_chunk_info(i) for i in range(n_chunks)]
 
 
 def _extents(ds: h5py.Dataset) -> tuple[int, np.ndarray] | None:
@@ -42,34 +57,50 @@ def _extents(ds: h5py.Dataset) -> tuple[int, np.ndarray] | None:
     n_chunks = -(-ds.shape[0] // per)
     if ds.id.get_num_chunks() != n_chunks:
         return None  # unwritten chunks hold the fill value, not bytes in the file
+    infos = _chunk_infos(ds, n_chunks)
+    if infos is None or len(infos) != n_chunks:
+        return None
     addrs = np.full(n_chunks, -1, np.int64)
-    for i in range(n_chunks):
-        info = ds.id.get_chunk_info(i)
+    for info in infos:
         if info.filter_mask or info.byte_offset is None or info.size != per * ds.dtype.itemsize:
             return None
         addrs[info.chunk_offset[0] // per] = info.byte_offset
     return (per, addrs) if (addrs >= 0).all() else None
 
 
-class RawReader:
-    """Reads ``ds[a:b]`` of one dataset into a buffer, straight from the file; a context manager.
+@dataclass(frozen=True)
+class RawLayout:
+    """Where a dataset's elements are in its file: ``per`` elements from each of ``addrs``.
 
-    Made by :func:`raw_reader`, which checks that the dataset's bytes are plain.
+    Made once per dataset by :func:`raw_layout`; each reading thread opens its own :class:`RawReader`.
     """
 
-    def __init__(self, ds: h5py.Dataset, per: int, addrs: np.ndarray):
-        self._per, self._addrs, self._item = per, addrs, ds.dtype.itemsize
-        self._fh = io.FileIO(ds.file.filename, "r")
+    filename: str
+    itemsize: int
+    per: int
+    addrs: np.ndarray
+
+    def open(self) -> RawReader:
+        """A reader with its own file handle."""
+        return RawReader(self)
+
+
+class RawReader:
+    """Reads elements ``a:b`` of one dataset into a buffer, straight from the file; a context manager."""
+
+    def __init__(self, layout: RawLayout):
+        self._layout = layout
+        self._fh = io.FileIO(layout.filename, "r")
 
     def read(self, a: int, b: int, out: np.ndarray) -> None:
         """Fill ``out[: b - a]`` with elements ``a`` to ``b`` of the dataset."""
-        per, item = self._per, self._item
+        per, item, addrs = self._layout.per, self._layout.itemsize, self._layout.addrs
         view = memoryview(out[: b - a]).cast("B")
         pos = a
         while pos < b:
             extent = pos // per
             stop = min(b, (extent + 1) * per)
-            offset = int(self._addrs[extent]) + (pos - extent * per) * item
+            offset = int(addrs[extent]) + (pos - extent * per) * item
             _read_at(self._fh, view[(pos - a) * item : (stop - a) * item], offset)
             pos = stop
 
@@ -84,23 +115,23 @@ class RawReader:
         self.close()
 
 
-def raw_reader(ds) -> RawReader | None:
-    """A :class:`RawReader` for ``ds``, or None when its bytes cannot be read directly: use h5py then."""
+def raw_layout(ds) -> RawLayout | None:
+    """The :class:`RawLayout` of ``ds``, or None when its bytes cannot be read directly: use h5py then."""
     if not isinstance(ds, h5py.Dataset):
         return None
     extents = _extents(ds)
     if extents is None:
         return None
-    reader = RawReader(ds, *extents)
+    layout = RawLayout(ds.file.filename, ds.dtype.itemsize, *extents)
     # Trust the addresses only once the bytes they give match HDF5's at both ends of the dataset.
     n = ds.shape[0]
-    for a, b in ((0, min(n, _CHECK)), (max(0, n - _CHECK), n)):
-        got = np.empty(b - a, ds.dtype)
-        reader.read(a, b, got)
-        if not np.array_equal(got, ds[a:b], equal_nan=ds.dtype.kind == "f"):
-            reader.close()
-            return None
-    return reader
+    with layout.open() as reader:
+        for a, b in ((0, min(n, _CHECK)), (max(0, n - _CHECK), n)):
+            got = np.empty(b - a, ds.dtype)
+            reader.read(a, b, got)
+            if not np.array_equal(got, ds[a:b], equal_nan=ds.dtype.kind == "f"):
+                return None
+    return layout
 
 
 def _read_at(fh: io.FileIO, view: memoryview, offset: int) -> None:

@@ -28,7 +28,7 @@ from . import _kernels as kernels
 from ._kernels import RECORD
 from ._parallel import in_threads
 from .blocks import CSRPass, GeneRecords, SparseGenes, SparseStats
-from .h5raw import raw_reader
+from .h5raw import raw_layout
 
 __all__ = ["GeneBlockSource", "open_source"]
 
@@ -252,6 +252,8 @@ class StreamedCSR(GeneBlockSource):
         #: small enough to stay in the operating system's file cache after the first pass. Then blocks
         #: are read by one pass each instead of going through scratch files.
         self.rereads = _cheap_to_reread(group["data"], group["indices"])
+        # Where the stored values and indices sit in the file, found once (None: read through h5py).
+        self._raw = {key: raw_layout(group[key]) for key in ("data", "indices")}
         # Blocks read by passes need no memory beyond the payload; records take 12 bytes a value.
         self.bytes_per_value = 0 if self.rereads else RECORD.itemsize
 
@@ -305,12 +307,11 @@ class StreamedCSR(GeneBlockSource):
         ind_buf, val_buf = np.empty(longest, ind_ds.dtype), np.empty(longest, data_ds.dtype)
         with contextlib.ExitStack() as stack:
             readers = []
-            for ds in (ind_ds, data_ds):
-                raw = raw_reader(ds)
-                if raw is None:
+            for ds, layout in ((ind_ds, self._raw["indices"]), (data_ds, self._raw["data"])):
+                if layout is None:
                     readers.append(lambda a, b, out, ds=ds: ds.read_direct(out, np.s_[a:b], np.s_[0 : b - a]))
                 else:
-                    readers.append(stack.enter_context(raw).read)
+                    readers.append(stack.enter_context(layout.open()).read)
             read_ind, read_val = readers
             for r0, r1 in chunks:
                 a, b = int(self.indptr[r0]), int(self.indptr[r1])
