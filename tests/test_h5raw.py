@@ -103,3 +103,11 @@ def test_chunk_addresses_without_the_one_call_listing():
     few = h5raw._chunk_infos(Dataset(), 5)
     assert [i.byte_offset for i in few] == [1000, 1040, 1080, 1120, 1160]
     assert h5raw._chunk_infos(Dataset(), h5raw._SLOW_LISTING_LIMIT + 1) is None
+
+
+def test_a_file_that_cannot_be_reopened_is_left_to_h5py(h5, tmp_path, monkeypatch):
+    path, _ = h5
+    monkeypatch.chdir(path.parent)
+    with h5py.File(path.name) as f:  # opened by a relative name...
+        monkeypatch.chdir(tmp_path.parent)  # ...that no longer points at it
+        assert raw_layout(f["contiguous"]) is None

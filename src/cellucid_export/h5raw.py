@@ -125,12 +125,15 @@ def raw_layout(ds) -> RawLayout | None:
     layout = RawLayout(ds.file.filename, ds.dtype.itemsize, *extents)
     # Trust the addresses only once the bytes they give match HDF5's at both ends of the dataset.
     n = ds.shape[0]
-    with layout.open() as reader:
-        for a, b in ((0, min(n, _CHECK)), (max(0, n - _CHECK), n)):
-            got = np.empty(b - a, ds.dtype)
-            reader.read(a, b, got)
-            if not np.array_equal(got, ds[a:b], equal_nan=ds.dtype.kind == "f"):
-                return None
+    try:
+        with layout.open() as reader:
+            for a, b in ((0, min(n, _CHECK)), (max(0, n - _CHECK), n)):
+                got = np.empty(b - a, ds.dtype)
+                reader.read(a, b, got)
+                if not np.array_equal(got, ds[a:b], equal_nan=ds.dtype.kind == "f"):
+                    return None
+    except OSError:  # e.g. the file was opened by a relative name and the working folder changed since
+        return None
     return layout
 
 
