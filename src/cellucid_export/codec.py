@@ -123,25 +123,28 @@ class Codec:
         return b"".join((GZIP_HEADER, body, trailer))
 
 
-#: Bytes and speed per core of each way of compressing real quantized gene vectors: 765 genes of
-#: pbmc68k_reduced (raw, 8-bit, 535 KB) and 160 genes spread over a 100k-cell log1p matrix (M of
-#: ``benchmarks/``, 16 MB):
+#: Bytes (raw deflate streams) and speed per core of each way of compressing real quantized gene
+#: vectors: 765 genes of pbmc68k_reduced (raw, 8-bit, 535 KB) and 160 genes spread over a 100k-cell
+#: log1p matrix (M of ``benchmarks/``, 16 MB):
 #:
-#: ============== ================= ================================
-#: method         pbmc68k_reduced   100k cells
-#: ============== ================= ================================
-#: zlib level 1   285,949           2,479,688 at 228 MB/s
-#: zlib level 6   277,424           2,094,827 at 52 MB/s
-#: zlib level 9   276,091           1,914,793 at 3 MB/s
-#: zlib-ng 1      342,287           3,029,798 at 639 MB/s
-#: zlib-ng 5      266,986           1,941,862 at 167 MB/s
-#: zlib-ng 9      271,494           1,844,686 at 16 MB/s
-#: zlib-ng Z_RLE  249,455           1,827,680 at 581 MB/s
-#: ============== ================= ================================
+#: =========================== ================= ================================
+#: method                      pbmc68k_reduced   100k cells
+#: =========================== ================= ================================
+#: zlib level 1                281,359           2,860,620 at 203 MB/s
+#: zlib level 6                272,834           2,464,040 at 47 MB/s
+#: zlib level 9                271,501           2,281,434 at 3 MB/s
+#: zlib-ng 1                   342,287           3,566,166 at 560 MB/s
+#: zlib-ng 5                   266,986           2,304,655 at 155 MB/s
+#: zlib-ng 9                   271,494           2,223,512 at 16 MB/s
+#: zlib-ng runs only (Z_RLE)   249,455           2,174,038 at 537 MB/s
+#: runs or Huffman-only        240,580           2,136,720 at 598 MB/s
+#: the codec, level 1 or 6     240,580           2,136,720 at 583 MB/s
+#: =========================== ================= ================================
 #:
-#: Runs-only deflate is smaller than every level of either library and nearly as fast as the
-#: fastest, so every level starts with it (see :func:`_runs_first`); the level sets how hard the
-#: full search works on vectors that runs do not capture. Files stay standard gzip members.
+#: Runs-only deflate, or Huffman coding alone for a gene expressed in most cells, is smaller than every
+#: level of either library and as fast as the fastest, so every level starts with it (see
+#: :func:`_runs_first`); the level sets how hard the full search works on vectors that neither
+#: captures (none of these genes). Files stay standard gzip members.
 #: ISA-L (python-isal) was measured too but its output changed, rarely, when several threads
 #: compressed at once; the export promises the same bytes whatever ``n_jobs``, so it is not used.
 #: ``benchmarks/run.py`` re-measures the speed on each benchmark dataset.
