@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import numpy as np
+from tests.conftest import folder_digest
 
 import cellucid_export
 from cellucid_export.cli import main
@@ -76,3 +78,32 @@ def test_cli_options_and_errors(pbmc, tmp_path, capsys):
     assert "max_bytes" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     assert main(["inspect", str(out), "--gene", "NOPE"]) == 2
+
+
+def test_cli_dataset_options(pbmc, tmp_path, capsys):
+    """The dataset settings of the Python API are flags of the command too."""
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    out = tmp_path / "out"
+    flags = [
+        "--created-at", "2024-01-02T03:04:05Z",
+        "--source", "10x PBMC",
+        "--obs-categorical-dtype", "uint16",
+        "--vector-fields", "none",
+        "--centroid-outlier-quantile", "0.9",
+        "--centroid-min-points", "5",
+        "--dataset-name", "pbmc",  # else named after each folder
+    ]  # fmt: skip
+    assert main(["export", str(h5ad), str(out), "--genes", "CD79A", "--no-progress", *flags]) == 0
+    identity = json.loads((out / "dataset_identity.json").read_text())
+    assert identity["created_at"] == "2024-01-02T03:04:05Z" and identity["source"] == {"name": "10x PBMC"}
+    assert json.loads((out / "obs_manifest.json").read_text())["centroid_outlier_quantile"] == 0.9
+    assert (out / "obs" / "bulk_labels.codes.u16.gz").is_file()
+    assert not (out / "vectors").exists()
+    # The same flags again give the same bytes (fixed creation time).
+    again = tmp_path / "again"
+    assert main(["export", str(h5ad), str(again), "--genes", "CD79A", "--no-progress", *flags]) == 0
+    assert folder_digest(again) == folder_digest(out)
+    capsys.readouterr()
+    assert main(["export", str(h5ad), str(tmp_path / "bad"), "--created-at", "yesterday"]) == 2
+    assert "created_at" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -185,7 +185,9 @@ class CellucidAccessor:
         """The size of an export, without writing anything.
 
         Takes the same selection arguments as :meth:`export` and validates them the same way, so an
-        estimate that succeeds means the export will not fail on its inputs.
+        estimate that succeeds means the export will not fail on its matrix or gene selection. The dataset
+        options of :meth:`export` (``embeddings=``, ``obs_keys=``...) are checked by the export itself,
+        also before anything is written.
 
         Returns
         -------

@@ -35,6 +35,15 @@ def _genes_arg(value: str | None, h5ad: str):
     return [g.strip() for g in value.split(",") if g.strip()]
 
 
+def _vector_fields_arg(value: str | None):
+    """--vector-fields: comma-separated obsm keys, or 'none' to export none (None: the default choice)."""
+    if value is None:
+        return None
+    if value.lower() in ("none", "no", "off", "false"):
+        return False
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("h5ad", help="the .h5ad file (read lazily; only the chosen matrix is streamed)")
     p.add_argument("--layer", help="'X', 'raw' or a layer name (default: chosen automatically, and reported)")
@@ -106,6 +115,35 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="{8,16,none}",
         help="bits for continuous obs values (default none: float32)",
+    )
+    p.add_argument(
+        "--obs-categorical-dtype",
+        choices=["auto", "uint8", "uint16"],
+        default="auto",
+        help="codes of categorical obs columns (default auto: uint8 up to 254 categories, else uint16)",
+    )
+    p.add_argument(
+        "--vector-fields",
+        help="comma-separated obsm vectors drawn over an embedding, e.g. velocity_umap, or 'none' "
+        "(default: entries aligned with an exported embedding)",
+    )
+    p.add_argument(
+        "--centroid-outlier-quantile",
+        type=float,
+        default=0.95,
+        help="category labels ignore cells beyond this distance quantile (default 0.95)",
+    )
+    p.add_argument(
+        "--centroid-min-points",
+        type=int,
+        default=10,
+        help="categories with fewer cells get no label and no outlier quantiles (default 10)",
+    )
+    p.add_argument("--source", help="name of the data source, recorded in dataset_identity.json")
+    p.add_argument(
+        "--created-at",
+        help="creation time recorded in dataset_identity.json, 'YYYY-MM-DDTHH:MM:SSZ' (default: now); a fixed "
+        "value makes repeated exports byte-identical",
     )
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -212,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
                 latent_key=args.latent_key,
                 connectivities=None if args.no_connectivities else "connectivities",
                 obs_continuous_quantization=args.obs_continuous_quantization,
+                obs_categorical_dtype=args.obs_categorical_dtype,
+                vector_fields=_vector_fields_arg(args.vector_fields),
+                centroid_outlier_quantile=args.centroid_outlier_quantile,
+                centroid_min_points=args.centroid_min_points,
+                source=args.source,
+                created_at=args.created_at,
             )
             print(res)
         elif args.command == "validate":
