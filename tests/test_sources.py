@@ -132,12 +132,15 @@ def test_budget_and_threads_do_not_change_bytes(h5ads, tmp_path, monkeypatch, re
                 assert passes == []
 
 
-def test_backed_view(h5ads, adata, tmp_path):
+@pytest.mark.parametrize("chunk_nnz", [sources.READ_CHUNK_NNZ, 97], ids=["one-part", "parts-on-threads"])
+def test_backed_view(h5ads, adata, tmp_path, monkeypatch, chunk_nnz):
+    # Small read chunks split each pass over the threads: each part maps its own file rows to cells.
+    monkeypatch.setattr(sources, "READ_CHUNK_NNZ", chunk_nnz)
     backed = ad.read_h5ad(h5ads["csr"], backed="r")
     cells = np.flatnonzero(np.arange(backed.n_obs) % 3 == 0)
     view = backed[cells, 10:30]
     assert view.is_view and view.isbacked
-    res = view.cellucid.export(tmp_path / "bv", var_quantization=None, **OPTS)
+    res = view.cellucid.export(tmp_path / "bv", var_quantization=None, n_jobs=3, **OPTS)
     ex = cellucid_export.read_export(res.path)
     assert ex.gene_ids == list(adata.var_names[10:30])
     np.testing.assert_array_equal(ex.to_array(), adata.X[cells][:, 10:30].toarray())
