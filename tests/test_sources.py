@@ -124,12 +124,50 @@ def test_budget_and_threads_do_not_change_bytes(h5ads, tmp_path, monkeypatch, re
             )
             assert folder_digest(res.path) == ref, (kind, n_jobs)
             if kind == "csr" and rereads:
-                # One pass for the statistics, then one per payload of 20_000 // 2 // 500 = 20 genes.
-                assert len(passes) == 1 + 80 // 20
+                # One pass for the statistics, which also keeps the first payload's values, then one per
+                # other payload of 20_000 // 2 // 500 = 20 genes.
+                assert len(passes) == 1 + 80 // 20 - 1
             elif kind == "csr":
                 assert len(passes) == 1  # however many blocks: through scratch files
             else:
                 assert passes == []
+
+
+@pytest.mark.parametrize(
+    "order", ["file", "shuffled", "unsorted-rows"], ids=["file-order", "shuffled-genes", "unsorted-rows"]
+)
+def test_lead_block_comes_from_the_statistics_pass(adata, order):
+    """The first genes as records kept by the statistics pass: the same payloads as passes give them."""
+    from cellucid_export.blocks import CSRPass, GeneRecords
+    from cellucid_export.quantize import quantize_block
+
+    x = sp.csr_matrix(adata.X)
+    idx = np.arange(80)
+    if order == "shuffled":
+        idx = np.random.default_rng(1).permutation(80)
+    if order == "unsorted-rows":  # same matrix, each row's entries stored back to front
+        x = sp.csr_matrix((x.data, x.indices, x.indptr), shape=x.shape)
+        for r in range(x.shape[0]):
+            a, b = x.indptr[r], x.indptr[r + 1]
+            x.indices[a:b], x.data[a:b] = x.indices[a:b][::-1].copy(), x.data[a:b][::-1].copy()
+        x.has_sorted_indices = False
+
+    def payloads(blocks):
+        out = []
+        for block in blocks:
+            for s in range(0, block.shape[1], 20):
+                out.append(quantize_block(block[:, s : s + 20], 8, constant_plus_one=True).payload)
+        return np.vstack(out)
+
+    src = sources.open_source(x)
+    expected = payloads(src.blocks(idx, 2**62, n_threads=2))
+    led = list(src.blocks(idx, 2**62, n_threads=2, lead=(7, 10**9)))
+    assert isinstance(led[0], GeneRecords) and led[0].shape == (500, 7)
+    assert isinstance(led[1], CSRPass) and led[1].shape == (500, 73)
+    np.testing.assert_array_equal(payloads(led), expected)
+    # Records that would not fit: the lead genes are read by a pass like the others.
+    (capped,) = src.blocks(idx, 2**62, n_threads=2, lead=(7, 10))
+    assert isinstance(capped, CSRPass) and capped.shape == (500, 80)
 
 
 @pytest.mark.parametrize("chunk_nnz", [sources.READ_CHUNK_NNZ, 97], ids=["one-part", "parts-on-threads"])

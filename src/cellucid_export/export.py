@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._kernels import RECORD
 from ._logging import logger
 from .codec import get_codec
 from .dataset import DatasetPlan, log_plan, resolve_dataset, write_dataset
@@ -225,9 +226,13 @@ def write_genes(
         # block k is free again when block k + 2 is made.
         buffers: list[np.ndarray] = []
         size = min(payload_genes, n) * sel.n_cells * np.dtype(PAYLOAD_KINDS[var_quantization][1]).itemsize
-        # Scratch files (on-disk CSR with several blocks) live in the staging folder: same disk, cleaned up
-        # with it on any failure.
-        for block in sel.source.blocks(sel.gene_idx, read_genes, scratch_dir=folder, n_threads=n_jobs):
+        # The last, partial payload goes first, from values the statistics pass keeps (12 bytes each, at
+        # most a payload's worth): a CSR file read by passes then needs one pass fewer. Scratch files
+        # (on-disk CSR with several blocks) live in the staging folder: same disk, cleaned up with it.
+        lead = (n - (-(-n // payload_genes) - 1) * payload_genes, size // RECORD.itemsize)
+        for block in sel.source.blocks(
+            sel.gene_idx, read_genes, scratch_dir=folder, n_threads=n_jobs, lead=lead
+        ):
             # Dense payloads take more room than a sparse block: they are made a slice at a time.
             for s in range(0, block.shape[1], payload_genes):
                 part = block[:, s : s + payload_genes]

@@ -105,18 +105,20 @@ def _sparse_scale(stats: SparseStats, n_cells: int, bits: int, constant_plus_one
     return lo, hi, scale
 
 
-def payload_buffer(nbytes: int) -> np.ndarray:
-    """A 1-D ``uint8`` buffer of ``nbytes`` for payloads, its memory mapped in at once where possible.
+def payload_buffer(nbytes: int, populate: bool = True) -> np.ndarray:
+    """A 1-D ``uint8`` buffer of ``nbytes`` for payloads (or records), mapped from the system.
 
     Touching fresh memory page by page costs a fault per 4 KB page; asking the system to map the whole
-    buffer up front (``MAP_POPULATE``, Linux) was 3-6x cheaper for a 250 MB payload on the benchmark
-    machine. Small buffers, and other systems, get ``np.empty``.
+    buffer up front (``populate``, Linux ``MAP_POPULATE``) was 3-6x cheaper for a 250 MB payload on the
+    benchmark machine. Without ``populate`` only the pages written become memory, so a buffer can be
+    sized for the most it may hold. Either way the memory goes back to the system as soon as the
+    array is freed, which the allocator's pool does not promise. Small buffers come from that pool.
     """
-    populate = getattr(mmap, "MAP_POPULATE", 0)
-    if not populate or nbytes < 2**24:  # small buffers come from the allocator's own pool
+    if nbytes < 2**24 or not hasattr(mmap, "MAP_PRIVATE"):  # small, or not a POSIX system
         return np.empty(max(0, nbytes), np.uint8)
+    flags = mmap.MAP_PRIVATE | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
     # The array keeps the mapping alive; it is unmapped when the array is freed.
-    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | populate), np.uint8)
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=flags), np.uint8)
 
 
 def _quantize_sparse(

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from ._kernels import RECORD
 from ._parallel import in_threads
 from .blocks import CSRPass, GeneRecords, SparseGenes, SparseStats
 from .h5raw import raw_layout
+from .quantize import payload_buffer
 
 __all__ = ["GeneBlockSource", "open_source"]
 
@@ -88,12 +90,12 @@ class GeneBlockSource:
         raise NotImplementedError
 
     def blocks(
-        self, gene_idx: np.ndarray, genes_per_block: int, scratch_dir=None, n_threads: int = 1
+        self, gene_idx: np.ndarray, genes_per_block: int, scratch_dir=None, n_threads: int = 1, lead=None
     ) -> Iterator[Block]:
         """Yield blocks of the genes ``gene_idx`` (in that order), ``genes_per_block`` at a time.
 
-        ``scratch_dir`` is where a source may keep temporary files, and ``n_threads`` how many threads
-        a pass over the matrix may use (both only used by CSR).
+        ``scratch_dir`` is where a source may keep temporary files, ``n_threads`` how many threads a
+        pass over the matrix may use, and ``lead`` a first block of its own (all only used by CSR).
         """
         gene_idx = np.asarray(gene_idx, dtype=np.int64)
         for start in range(0, len(gene_idx), max(1, genes_per_block)):
@@ -322,20 +324,44 @@ class StreamedCSR(GeneBlockSource):
                 read_val(a, b, val)
                 yield r0, self.indptr[r0 : r1 + 1] - a, ind, _f32(val)
 
-    def _stats_pass(self, pos_of, n_genes: int, n_threads: int) -> tuple[SparseStats, bool]:
-        """Every exported gene's statistics, and whether every row's columns were sorted.
+    def _stats_pass(
+        self, pos_of, n_genes: int, n_threads: int, lead: int = 0, c_last: int = -1, max_records: int = 0
+    ) -> tuple[SparseStats, bool, list[np.ndarray] | None]:
+        """Every exported gene's statistics, whether every row's columns were sorted, and lead records.
 
         Parts of the matrix go to ``n_threads`` threads, each with statistics of its own, merged after.
+        With ``lead``, the pass also keeps the values of export positions below it as records (see
+        :func:`~cellucid_export._kernels.lead_records`; ``c_last >= 0`` when positions follow file
+        columns), unless they grow past ``max_records``: then the records are None.
         """
+        parts = self._parts(n_threads)
+        room = [max_records]  # records the threads may still keep, together
+        lock = threading.Lock()
 
         def scan(chunks):
             stats, rows_sorted = SparseStats.empty(n_genes), True
+            # Sized for the most one thread may keep; only the pages written become memory, and all of it
+            # goes back to the system when the lead block is done.
+            out = payload_buffer(max_records * RECORD.itemsize, populate=False).view(RECORD) if lead else None
+            end = 0
             for r0, ptr, ind, val in self._row_runs(chunks):
-                rows_sorted &= kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
-            return stats, rows_sorted
+                ok = kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
+                rows_sorted &= ok
+                if out is not None:
+                    new_end = kernels.lead_records(
+                        ptr, ind, val, r0, self.row_lut, pos_of, lead, c_last, ok and c_last >= 0, out, end
+                    )
+                    with lock:
+                        room[0] -= new_end - end if new_end >= 0 else max_records + 1
+                        fits = room[0] >= 0
+                    # Past the limit (this depends on the total only), the lead block gets a pass instead.
+                    out, end = (out, new_end) if fits else (None, 0)
+            return stats, rows_sorted, None if out is None else out[:end]
 
-        results = in_threads(scan, self._parts(n_threads))
-        return SparseStats.merge([s for s, _ in results]), all(ok for _, ok in results)
+        results = in_threads(scan, parts)
+        stats = SparseStats.merge([r[0] for r in results])
+        records = None if not lead or any(r[2] is None for r in results) else [r[2] for r in results]
+        return stats, all(r[1] for r in results), records
 
     def _records_pass(self, pos_of, stats, on_records, genes_per_block=1, n_blocks=1) -> None:
         """One pass adding to ``stats`` and handing each run's records, grouped by block, to ``on_records``.
@@ -348,7 +374,7 @@ class StreamedCSR(GeneBlockSource):
                 *kernels.bucket_csr_rows(ptr, ind, val, r0, self.row_lut, pos_of, genes_per_block, n_blocks)
             )
 
-    def blocks(self, gene_idx, genes_per_block, scratch_dir=None, n_threads=1):
+    def blocks(self, gene_idx, genes_per_block, scratch_dir=None, n_threads=1, lead=None):
         """Blocks of genes as :class:`~cellucid_export.blocks.SparseGenes`.
 
         A first pass gathers every gene's statistics. Then, when re-reading the matrix is cheap (see
@@ -356,6 +382,10 @@ class StreamedCSR(GeneBlockSource):
         ``n_threads`` threads by rows; otherwise the first pass also sorts the values into records (12
         bytes per stored value), kept in memory for a single block or in scratch files in
         ``scratch_dir`` (or the system temporary folder) for several.
+
+        ``lead = (n, max_values)`` asks, on the first path, for the first ``n`` genes as a block of their
+        own, taken from records the first pass keeps (at most ``max_values``): one pass fewer, and the
+        first block is ready as soon as the statistics are.
         """
         gene_idx = np.asarray(gene_idx, dtype=np.int64)
         n_genes = len(gene_idx)
@@ -365,11 +395,21 @@ class StreamedCSR(GeneBlockSource):
         pos_of[gene_idx] = np.arange(n_genes, dtype=np.int32)
         n_cells = self.shape[0]
         if self.rereads:
-            stats, rows_sorted = self._stats_pass(pos_of, n_genes, n_threads)
+            in_file_order = bool(np.all(np.diff(gene_idx) > 0))
+            n_lead, max_records = lead if lead is not None and 0 < lead[0] < n_genes else (0, 0)
+            c_last = int(gene_idx[n_lead - 1]) if n_lead and in_file_order else -1
+            stats, rows_sorted, records = self._stats_pass(
+                pos_of, n_genes, n_threads, n_lead, c_last, max_records
+            )
             # Genes in file order over sorted rows: each pass visits only its genes' window of columns.
-            columns = gene_idx if rows_sorted and bool(np.all(np.diff(gene_idx) > 0)) else None
+            columns = gene_idx if rows_sorted and in_file_order else None
+            start = 0
+            if records is not None:
+                yield GeneRecords(n_cells, stats[:n_lead], 0, n_lead, records)
+                del records
+                start = n_lead
             parts = self._parts(n_threads)
-            for g0 in range(0, n_genes, per):
+            for g0 in range(start, n_genes, per):
                 g1 = min(n_genes, g0 + per)
                 yield CSRPass(
                     n_cells, stats[g0:g1], g0, g1, self._row_runs, parts, pos_of, self.row_lut, columns
