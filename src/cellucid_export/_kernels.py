@@ -137,28 +137,9 @@ def bucket_csr_rows(indptr, indices, data, row0, row_lut, pos_of, genes_per_bloc
 
 
 @_jit
-def lead_records(indptr, indices, data, row0, row_lut, pos_of, lead, c_last, ordered, out, start):
-    """Write the records of export positions below ``lead`` in a run of CSR rows into ``out[start:]``.
-
-    ``gene`` is the position. Returns where the records end, or -1 (nothing written) when they do not
-    fit in ``out``. With ``ordered`` (every row's columns increasing, and positions in file-column
-    order), a row is read only up to column ``c_last``, the file column of position ``lead - 1``: the
-    lead genes' values come first in every row, so this costs their values, not the matrix's.
-    """
+def _lead_scan(indptr, indices, data, row0, row_lut, pos_of, lead, c_last, ordered, out, start, write):
+    """Count (or, with ``write``, also write from ``out[start]``) the lead records of a run of rows."""
     has_lut = row_lut.size > 0
-    n = 0
-    for r in range(len(indptr) - 1):
-        if has_lut and row_lut[row0 + r] < 0:
-            continue
-        for k in range(indptr[r], indptr[r + 1]):
-            c = indices[k]
-            if ordered and c > c_last:
-                break
-            p = pos_of[c]
-            if 0 <= p < lead:
-                n += 1
-    if start + n > len(out):
-        return -1
     i = start
     for r in range(len(indptr) - 1):
         out_r = row_lut[row0 + r] if has_lut else row0 + r
@@ -170,11 +151,28 @@ def lead_records(indptr, indices, data, row0, row_lut, pos_of, lead, c_last, ord
                 break
             p = pos_of[c]
             if 0 <= p < lead:
-                out[i].row = out_r
-                out[i].gene = p
-                out[i].val = data[k]
+                if write:
+                    out[i].row = out_r
+                    out[i].gene = p
+                    out[i].val = data[k]
                 i += 1
     return i
+
+
+@_jit
+def lead_records(indptr, indices, data, row0, row_lut, pos_of, lead, c_last, ordered, out, start):
+    """Write the records of export positions below ``lead`` in a run of CSR rows into ``out[start:]``.
+
+    ``gene`` is the position. Returns where the records end, or -1 (nothing written) when they do not
+    fit in ``out``. With ``ordered`` (every row's columns increasing, and positions in file-column
+    order), a row is read only up to column ``c_last``, the file column of position ``lead - 1``: the
+    lead genes' values come first in every row, so this costs their values, not the matrix's.
+    """
+    args = (indptr, indices, data, row0, row_lut, pos_of, lead, c_last, ordered, out)
+    end = _lead_scan(*args, start, False)
+    if end > len(out):
+        return -1
+    return _lead_scan(*args, start, True)
 
 
 @_jit
