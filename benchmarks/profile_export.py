@@ -48,6 +48,7 @@ import cellucid_export  # noqa: E402
 from cellucid_export import codec as codec_mod  # noqa: E402
 from cellucid_export import export as export_mod  # noqa: E402
 from cellucid_export import sources as sources_mod  # noqa: E402
+from cellucid_export import writer as writer_mod  # noqa: E402
 
 _lock = threading.Lock()
 TOTALS: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # wall, cpu, calls
@@ -105,9 +106,7 @@ def install() -> None:
     export_mod.quantize_block = timed("quantize", export_mod.quantize_block)
     codec_mod.Codec.encode = timed("encode", codec_mod.Codec.encode)
     export_mod.write_payloads = timed("write", export_mod.write_payloads)
-    original_prefetch = export_mod.prefetch
-    prefetch = timed_iter("wait", original_prefetch)
-    export_mod.prefetch = prefetch
+    writer_mod.Prefetch.__next__ = timed("wait", writer_mod.Prefetch.__next__)
 
 
 def main(argv=None) -> int:

@@ -178,3 +178,38 @@ def test_the_cycle_collector_is_left_as_it_was(scrna, tmp_path, monkeypatch, ena
         assert gc.isenabled() is enabled
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
+def test_a_failure_stops_the_reader_within_its_pass(tmp_path, monkeypatch, exc):
+    """A failure (or Ctrl-C) while the matrix is being read does not wait for the pass to finish."""
+    import threading
+
+    from cellucid_export import sources
+
+    a = make_scrna(n_cells=400, n_genes=60)
+    monkeypatch.setattr(sources, "READ_CHUNK_NNZ", 20)  # about 100 read chunks
+    started, chunks = threading.Event(), []
+    real_runs = sources.StreamedCSR._row_runs
+
+    def slow_runs(self, part, cancel=None):
+        for run in real_runs(self, part, cancel):
+            chunks.append(1)
+            started.set()
+            time.sleep(0.01)
+            yield run
+
+    def failing_write(*args, **kwargs):
+        assert started.wait(5)
+        raise exc  # while the statistics pass is still running
+
+    monkeypatch.setattr(sources.StreamedCSR, "_row_runs", slow_runs)
+    monkeypatch.setattr(export, "write_genes", failing_write)
+    with pytest.raises(type(exc)):
+        a.cellucid.export(tmp_path / "out", progress=False, n_jobs=1)
+    assert list(tmp_path.iterdir()) == []
+    whole_pass = sources.StreamedCSR(
+        {"data": a.X.data, "indices": a.X.indices, "indptr": a.X.indptr}, a.shape
+    )._parts(1)[0]
+    assert 0 < len(chunks) < len(whole_pass)  # stopped within the pass
+    assert not [t for t in threading.enumerate() if t.name.startswith("cellucid-export")]

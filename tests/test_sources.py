@@ -106,10 +106,10 @@ def test_budget_and_threads_do_not_change_bytes(h5ads, tmp_path, monkeypatch, re
     passes = []
     real_runs = sources.StreamedCSR._row_runs
 
-    def counting_runs(self, chunks):
+    def counting_runs(self, chunks, cancel=None):
         if chunks and chunks[0][0] == 0:  # a pass starts at the first row, whatever its threads
             passes.append(1)
-        return real_runs(self, chunks)
+        return real_runs(self, chunks, cancel)
 
     monkeypatch.setattr(sources.StreamedCSR, "_row_runs", counting_runs)
     for kind in ("csr", "csc", "dense"):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import threading
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +31,10 @@ from .plan import (
     format_bytes,
     parse_bytes,
 )
-from .quantize import PAYLOAD_KINDS, payload_buffer, quantize_block
+from .quantize import PAYLOAD_KINDS, QuantizedBlock, payload_buffer, quantize_block
 from .resolve import AnnDataParts, Selection, check_options, resolve, safe_name
 from .writer import (
+    Prefetch,
     StagingFolder,
     check_target,
     payload_suffix,
@@ -189,25 +192,21 @@ def var_manifest(sel: Selection, layout: str, var_quantization, compression, lo,
     }
 
 
-def write_genes(
-    folder: Path,
+def read_genes(
     sel: Selection,
     *,
     var_quantization,
-    compression,
     layout,
     memory_budget: int,
     n_jobs: int,
-    progress: bool,
-) -> tuple[int, dict, dict[str, str]]:
-    """Write ``var/`` into ``folder``; returns (bytes written, manifest, genes with NaN/Inf)."""
-    var_dir = folder / "var"
-    var_dir.mkdir()
-    ext, _ = PAYLOAD_KINDS[var_quantization]
-    suffix = ".values" + payload_suffix(ext, compression)
-    names = [(safe_name(g) if layout == "name" else str(i)) + suffix for i, g in enumerate(sel.gene_ids)]
-    codec = get_codec(int(compression)) if compression else None
-    read_genes, payload_genes = block_sizes(
+    scratch_dir: Path,
+) -> Prefetch:
+    """Start reading and quantizing the selected genes on a background thread; returns the blocks.
+
+    Scratch files (a CSR file too large to read twice) go in ``scratch_dir``. Closing the result
+    stops the reader within a read chunk, so a failure or Ctrl-C does not wait for a whole pass.
+    """
+    read_block, payload_genes = block_sizes(
         sel.n_cells,
         sel.source.nnz_fraction(),
         sel.source.is_sparse,
@@ -216,10 +215,7 @@ def write_genes(
         sel.source.bytes_per_value,
     )
     n = len(sel.gene_ids)
-    lo = np.zeros(n, np.float32)
-    hi = np.zeros(n, np.float64)
-    nonfinite: dict[str, str] = {}
-    written = 0
+    stop = threading.Event()
 
     def quantized_blocks():
         # Two payload buffers, used in turn: prefetch keeps at most two blocks alive, so the buffer of
@@ -227,11 +223,10 @@ def write_genes(
         buffers: list[np.ndarray] = []
         size = min(payload_genes, n) * sel.n_cells * np.dtype(PAYLOAD_KINDS[var_quantization][1]).itemsize
         # The last, partial payload goes first, from values the statistics pass keeps (12 bytes each, at
-        # most a payload's worth): a CSR file read by passes then needs one pass fewer. Scratch files
-        # (on-disk CSR with several blocks) live in the staging folder: same disk, cleaned up with it.
+        # most a payload's worth): a CSR file read by passes then needs one pass fewer.
         lead = (n - (-(-n // payload_genes) - 1) * payload_genes, size // RECORD.itemsize)
         for block in sel.source.blocks(
-            sel.gene_idx, read_genes, scratch_dir=folder, n_threads=n_jobs, lead=lead
+            sel.gene_idx, read_block, scratch_dir=scratch_dir, n_threads=n_jobs, lead=lead, cancel=stop
         ):
             # Dense payloads take more room than a sparse block: they are made a slice at a time.
             for s in range(0, block.shape[1], payload_genes):
@@ -243,10 +238,36 @@ def write_genes(
                 out = buffers[0] if buffers else None
                 yield quantize_block(part, var_quantization, constant_plus_one=layout == "name", out=out)
 
+    return prefetch(quantized_blocks(), stop)
+
+
+def write_genes(
+    folder: Path,
+    sel: Selection,
+    blocks: Iterable[QuantizedBlock],
+    *,
+    var_quantization,
+    compression,
+    layout,
+    n_jobs: int,
+    progress: bool,
+) -> tuple[int, dict, dict[str, str]]:
+    """Write the quantized ``blocks`` as ``var/`` into ``folder``; returns (bytes, manifest, genes with NaN/Inf)."""
+    var_dir = folder / "var"
+    var_dir.mkdir()
+    ext, _ = PAYLOAD_KINDS[var_quantization]
+    suffix = ".values" + payload_suffix(ext, compression)
+    names = [(safe_name(g) if layout == "name" else str(i)) + suffix for i, g in enumerate(sel.gene_ids)]
+    codec = get_codec(int(compression)) if compression else None
+    n = len(sel.gene_ids)
+    lo = np.zeros(n, np.float32)
+    hi = np.zeros(n, np.float64)
+    nonfinite: dict[str, str] = {}
+    written = 0
     bar = tqdm(total=n, unit="gene", desc="cellucid-export", disable=not progress, leave=False)
     start = 0
     with run_pool(n_jobs) as pool, bar:
-        for qb in prefetch(quantized_blocks()):
+        for qb in blocks:
             b = qb.payload.shape[0]
             written += write_payloads(var_dir, names[start : start + b], qb, codec, pool)
             if qb.lo is not None:
@@ -347,14 +368,19 @@ def export_parts(
         f"{format_bytes(plan.payload_bytes)} before compression."
     )
     log_plan(dataset)
-    with StagingFolder(target, overwrite=overwrite) as stage:
+    reading = {"var_quantization": var_quantization, "layout": layout, "memory_budget": memory_budget}
+    # The reader stops (within a read chunk) before the staging folder, which holds its scratch files, goes.
+    with (
+        StagingFolder(target, overwrite=overwrite) as stage,
+        read_genes(sel, **reading, n_jobs=jobs, scratch_dir=stage.path) as blocks,
+    ):
         written, _manifest, nonfinite = write_genes(
             stage.path,
             sel,
+            blocks,
             var_quantization=var_quantization,
             compression=compression,
             layout=layout,
-            memory_budget=memory_budget,
             n_jobs=jobs,
             progress=progress,
         )

@@ -489,7 +489,7 @@ class _ColumnSubset(GeneBlockSource):
     def sample_rows(self, n_rows):
         return self.inner.sample_rows(n_rows)[:, self.var_idx]
 
-    def blocks(self, gene_idx, genes_per_block, scratch_dir=None, n_threads=1, lead=None):
+    def blocks(self, gene_idx, genes_per_block, scratch_dir=None, n_threads=1, lead=None, cancel=None):
         return self.inner.blocks(
-            self.var_idx[np.asarray(gene_idx)], genes_per_block, scratch_dir, n_threads, lead
+            self.var_idx[np.asarray(gene_idx)], genes_per_block, scratch_dir, n_threads, lead, cancel
         )

@@ -13,6 +13,7 @@ Memory is bounded by the block size (chosen by :mod:`cellucid_export.plan`) plus
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import tempfile
@@ -90,12 +91,19 @@ class GeneBlockSource:
         raise NotImplementedError
 
     def blocks(
-        self, gene_idx: np.ndarray, genes_per_block: int, scratch_dir=None, n_threads: int = 1, lead=None
+        self,
+        gene_idx: np.ndarray,
+        genes_per_block: int,
+        scratch_dir=None,
+        n_threads: int = 1,
+        lead=None,
+        cancel: threading.Event | None = None,
     ) -> Iterator[Block]:
         """Yield blocks of the genes ``gene_idx`` (in that order), ``genes_per_block`` at a time.
 
         ``scratch_dir`` is where a source may keep temporary files, ``n_threads`` how many threads a
-        pass over the matrix may use, and ``lead`` a first block of its own (all only used by CSR).
+        pass over the matrix may use, ``lead`` a first block of its own, and ``cancel`` an event that
+        stops a long pass between read chunks (all only used by CSR).
         """
         gene_idx = np.asarray(gene_idx, dtype=np.int64)
         for start in range(0, len(gene_idx), max(1, genes_per_block)):
@@ -196,6 +204,15 @@ class DaskArray(GeneBlockSource):
         return np.ascontiguousarray(_f32(b)[:, inv])
 
 
+class Cancelled(Exception):
+    """A pass over the matrix stopped early because the export was stopped (raised in the reader only)."""
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled
+
+
 def _row_lut(obs_idx: np.ndarray | None, n_rows: int) -> np.ndarray | None:
     """Map file rows to output rows (-1 for cells outside the subset)."""
     if obs_idx is None:
@@ -290,7 +307,7 @@ class StreamedCSR(GeneBlockSource):
         return [chunks[a:b] for a, b in itertools.pairwise(cuts)]
 
     def _row_runs(
-        self, chunks: list[tuple[int, int]]
+        self, chunks: list[tuple[int, int]], cancel: threading.Event | None = None
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """(first row, row pointers, column indices, float32 values) of each of the row ``chunks``.
 
@@ -301,6 +318,7 @@ class StreamedCSR(GeneBlockSource):
         data_ds, ind_ds = self.group["data"], self.group["indices"]
         if not isinstance(data_ds, h5py.Dataset):
             for r0, r1 in chunks:
+                _check(cancel)
                 a, b = int(self.indptr[r0]), int(self.indptr[r1])
                 if a < b:
                     yield r0, self.indptr[r0 : r1 + 1] - a, ind_ds[a:b], _f32(data_ds[a:b])
@@ -316,6 +334,7 @@ class StreamedCSR(GeneBlockSource):
                     readers.append(stack.enter_context(layout.open()).read)
             read_ind, read_val = readers
             for r0, r1 in chunks:
+                _check(cancel)
                 a, b = int(self.indptr[r0]), int(self.indptr[r1])
                 if a == b:
                     continue
@@ -325,7 +344,14 @@ class StreamedCSR(GeneBlockSource):
                 yield r0, self.indptr[r0 : r1 + 1] - a, ind, _f32(val)
 
     def _stats_pass(
-        self, pos_of, n_genes: int, n_threads: int, lead: int = 0, c_last: int = -1, max_records: int = 0
+        self,
+        pos_of,
+        n_genes: int,
+        n_threads: int,
+        lead: int = 0,
+        c_last: int = -1,
+        max_records: int = 0,
+        cancel: threading.Event | None = None,
     ) -> tuple[SparseStats, bool, list[np.ndarray] | None]:
         """Every exported gene's statistics, whether every row's columns were sorted, and lead records.
 
@@ -344,7 +370,7 @@ class StreamedCSR(GeneBlockSource):
             # goes back to the system when the lead block is done.
             out = payload_buffer(max_records * RECORD.itemsize, populate=False).view(RECORD) if lead else None
             end = 0
-            for r0, ptr, ind, val in self._row_runs(chunks):
+            for r0, ptr, ind, val in self._row_runs(chunks, cancel):
                 ok = kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
                 rows_sorted &= ok
                 if out is not None:
@@ -363,18 +389,18 @@ class StreamedCSR(GeneBlockSource):
         records = None if not lead or any(r[2] is None for r in results) else [r[2] for r in results]
         return stats, all(r[1] for r in results), records
 
-    def _records_pass(self, pos_of, stats, on_records, genes_per_block=1, n_blocks=1) -> None:
+    def _records_pass(self, pos_of, stats, on_records, genes_per_block=1, n_blocks=1, cancel=None) -> None:
         """One pass adding to ``stats`` and handing each run's records, grouped by block, to ``on_records``.
 
         Records keep the file's order, so this pass runs on one thread.
         """
-        for r0, ptr, ind, val in self._row_runs(self._parts(1)[0]):
+        for r0, ptr, ind, val in self._row_runs(self._parts(1)[0], cancel):
             kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
             on_records(
                 *kernels.bucket_csr_rows(ptr, ind, val, r0, self.row_lut, pos_of, genes_per_block, n_blocks)
             )
 
-    def blocks(self, gene_idx, genes_per_block, scratch_dir=None, n_threads=1, lead=None):
+    def blocks(self, gene_idx, genes_per_block, scratch_dir=None, n_threads=1, lead=None, cancel=None):
         """Blocks of genes as :class:`~cellucid_export.blocks.SparseGenes`.
 
         A first pass gathers every gene's statistics. Then, when re-reading the matrix is cheap (see
@@ -399,7 +425,7 @@ class StreamedCSR(GeneBlockSource):
             n_lead, max_records = lead if lead is not None and 0 < lead[0] < n_genes else (0, 0)
             c_last = int(gene_idx[n_lead - 1]) if n_lead and in_file_order else -1
             stats, rows_sorted, records = self._stats_pass(
-                pos_of, n_genes, n_threads, n_lead, c_last, max_records
+                pos_of, n_genes, n_threads, n_lead, c_last, max_records, cancel
             )
             # Genes in file order over sorted rows: each pass visits only its genes' window of columns.
             columns = gene_idx if rows_sorted and in_file_order else None
@@ -411,14 +437,13 @@ class StreamedCSR(GeneBlockSource):
             parts = self._parts(n_threads)
             for g0 in range(start, n_genes, per):
                 g1 = min(n_genes, g0 + per)
-                yield CSRPass(
-                    n_cells, stats[g0:g1], g0, g1, self._row_runs, parts, pos_of, self.row_lut, columns
-                )
+                runs = functools.partial(self._row_runs, cancel=cancel)
+                yield CSRPass(n_cells, stats[g0:g1], g0, g1, runs, parts, pos_of, self.row_lut, columns)
             return
         stats = SparseStats.empty(n_genes)
         if n_blocks == 1:
             parts: list[np.ndarray] = []
-            self._records_pass(pos_of, stats, lambda rec, bounds: parts.append(rec))
+            self._records_pass(pos_of, stats, lambda rec, bounds: parts.append(rec), cancel=cancel)
             yield GeneRecords(n_cells, stats, 0, n_genes, parts)
             return
         with tempfile.TemporaryDirectory(prefix="cellucid-export-", dir=scratch_dir) as tmp:
@@ -431,7 +456,7 @@ class StreamedCSR(GeneBlockSource):
                     handles[b].write(raw[bounds[b] : bounds[b + 1]])
 
             try:
-                self._records_pass(pos_of, stats, spill, per, n_blocks)
+                self._records_pass(pos_of, stats, spill, per, n_blocks, cancel)
             finally:
                 for h in handles:
                     h.close()

@@ -16,7 +16,7 @@ import shutil
 import signal
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from .codec import Codec
 from .errors import DiskFullError, ExportExistsError
 from .quantize import PAYLOAD_KINDS, QuantizedBlock
 
-__all__ = ["StagingFolder", "payload_suffix", "prefetch", "write_json", "write_payloads"]
+__all__ = ["Prefetch", "StagingFolder", "payload_suffix", "prefetch", "write_json", "write_payloads"]
 
 
 def payload_suffix(kind_ext: str, compression: int | None) -> str:
@@ -144,50 +144,77 @@ def check_target(target: Path, overwrite: bool) -> None:
         )
 
 
-def prefetch(items: Iterable) -> Iterator:
-    """Produce ``items`` in a background thread, one ahead, so reading overlaps writing.
+class Prefetch:
+    """Items produced in a background thread, one ahead, so reading overlaps writing; an iterator.
 
-    The producer makes item ``k + 1`` while the consumer works on item ``k``, and starts ``k + 2``
-    only once the consumer has taken ``k + 1``: at most two items are alive, which is what the
-    memory budget counts on. Exceptions in the producer are re-raised in the consumer; abandoning
-    the iterator stops the producer.
+    The producer starts at once. It makes item ``k + 1`` while the consumer works on item ``k``, and
+    starts ``k + 2`` only once the consumer has taken ``k + 1``: at most two items are alive, which is
+    what the memory budget counts on. Exceptions in the producer are raised in the consumer.
+    :meth:`close` (or leaving a ``with`` block) sets ``stop`` and waits for the producer, which sees
+    ``stop`` between items, and within an item where the items check it.
     """
-    q: queue.Queue = queue.Queue(maxsize=1)
-    taken = threading.Semaphore(0)
-    stop = threading.Event()
-    done = object()
 
-    def produce():
+    def __init__(self, items: Iterable, stop: threading.Event | None = None):
+        self.stop = stop if stop is not None else threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._taken = threading.Semaphore(0)
+        self._finished = False
+        self._thread = threading.Thread(
+            target=self._produce, args=(items,), name="cellucid-export-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _produce(self, items: Iterable) -> None:
         try:
             for item in items:
-                q.put(("item", item))
+                self._queue.put(("item", item))
                 del item
-                while not taken.acquire(timeout=0.1):
-                    if stop.is_set():
+                while not self._taken.acquire(timeout=0.1):
+                    if self.stop.is_set():
                         return
-            q.put(("done", done))
+            self._queue.put(("done", None))
         except BaseException as e:  # handed to the consumer
-            q.put(("error", e))
+            self._queue.put(("error", e))
 
-    thread = threading.Thread(target=produce, name="cellucid-export-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = q.get()
-            taken.release()
-            if kind == "item":
-                yield value
-                del value
-            elif kind == "error":
-                raise value
-            else:
-                return
-    finally:
-        stop.set()
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        kind, value = self._queue.get()
+        self._taken.release()
+        if kind == "item":
+            return value
+        self._finished = True
+        self.close()
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the producer and wait for it; nothing it made stays referenced."""
+        self._finished = True
+        self.stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a producer waiting to put
+                while True:
+                    self._queue.get_nowait()
+            self._thread.join(timeout=0.05)
         with contextlib.suppress(queue.Empty):
             while True:
-                q.get_nowait()
-        thread.join()
+                self._queue.get_nowait()
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def prefetch(items: Iterable, stop: threading.Event | None = None) -> Prefetch:
+    """Start producing ``items`` in a background thread (see :class:`Prefetch`)."""
+    return Prefetch(items, stop)
 
 
 def write_payloads(
