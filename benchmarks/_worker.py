@@ -29,6 +29,19 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux: KiB
 
 
+def _timings(t_import, t_load, t_export, rss_load, n_genes, source, version) -> dict:
+    """What every timed tool reports back to the runner."""
+    return {
+        "import_s": t_import,
+        "load_s": t_load,
+        "export_s": t_export,
+        "rss_after_load_mb": rss_load,
+        "n_genes": n_genes,
+        "source": source,
+        "version": version,
+    }
+
+
 def _hvg_mask(var) -> object:
     return var["highly_variable"].to_numpy(dtype=bool)
 
@@ -82,15 +95,9 @@ def run_ce(spec: dict) -> dict:
     else:
         res = cellucid_export.export_h5ad(spec["data"], spec["out"], **kwargs)
     t_export = time.perf_counter() - t0
-    return {
-        "import_s": t_import,
-        "load_s": t_load,
-        "export_s": t_export,
-        "rss_after_load_mb": rss_load,
-        "n_genes": res.n_genes,
-        "source": res.source,
-        "version": cellucid_export.__version__,
-    }
+    return _timings(
+        t_import, t_load, t_export, rss_load, res.n_genes, res.source, cellucid_export.__version__
+    )
 
 
 def run_ref(spec: dict) -> dict:
@@ -134,15 +141,8 @@ def run_ref(spec: dict) -> dict:
     t_export = time.perf_counter() - t0
     import importlib.metadata as md
 
-    return {
-        "import_s": t_import,
-        "load_s": t_load,
-        "export_s": t_export,
-        "rss_after_load_mb": rss_load,
-        "n_genes": len(genes) if genes is not None else int(matrix.shape[1]),
-        "source": spec["layer"],
-        "version": md.version("cellucid"),
-    }
+    n_genes = len(genes) if genes is not None else int(matrix.shape[1])
+    return _timings(t_import, t_load, t_export, rss_load, n_genes, spec["layer"], md.version("cellucid"))
 
 
 def run_floor(spec: dict) -> dict:

@@ -38,7 +38,6 @@ from .writer import (
     StagingFolder,
     check_target,
     payload_suffix,
-    prefetch,
     run_pool,
     values_schema,
     write_json,
@@ -218,7 +217,7 @@ def read_genes(
     stop = threading.Event()
 
     def quantized_blocks():
-        # Two payload buffers, used in turn: prefetch keeps at most two blocks alive, so the buffer of
+        # Two payload buffers, used in turn: Prefetch keeps at most two blocks alive, so the buffer of
         # block k is free again when block k + 2 is made.
         buffers: list[np.ndarray] = []
         size = min(payload_genes, n) * sel.n_cells * np.dtype(PAYLOAD_KINDS[var_quantization][1]).itemsize
@@ -238,7 +237,7 @@ def read_genes(
                 out = buffers[0] if buffers else None
                 yield quantize_block(part, var_quantization, constant_plus_one=layout == "name", out=out)
 
-    return prefetch(quantized_blocks(), stop)
+    return Prefetch(quantized_blocks(), stop)
 
 
 def write_genes(
@@ -368,11 +367,17 @@ def export_parts(
         f"{format_bytes(plan.payload_bytes)} before compression."
     )
     log_plan(dataset)
-    reading = {"var_quantization": var_quantization, "layout": layout, "memory_budget": memory_budget}
     # The reader stops (within a read chunk) before the staging folder, which holds its scratch files, goes.
     with (
         StagingFolder(target, overwrite=overwrite) as stage,
-        read_genes(sel, **reading, n_jobs=jobs, scratch_dir=stage.path) as blocks,
+        read_genes(
+            sel,
+            var_quantization=var_quantization,
+            layout=layout,
+            memory_budget=memory_budget,
+            n_jobs=jobs,
+            scratch_dir=stage.path,
+        ) as blocks,
     ):
         written, _manifest, nonfinite = write_genes(
             stage.path,

@@ -1,9 +1,10 @@
 """Per-gene quantization, vectorised over a block of genes.
 
-A block is ``(n_cells, n_genes)``: dense, CSC, or gene records from a CSR reader. The result is gene-major (one contiguous row per
-gene, ready to be written as that gene's file) plus each gene's bounds. For a sparse block only the
-stored values are quantized; every other cell gets the code of 0.0, so the work is O(nnz) plus one
-byte fill per cell and gene, never a float pass over the dense matrix.
+A block is ``(n_cells, n_genes)``: dense, CSC, or gene records from a CSR reader. The result is
+gene-major (one contiguous row per gene, ready to be written as that gene's file) plus each gene's
+bounds. For a sparse block only the stored values are quantized; every other cell gets the code of
+0.0, so the work is O(nnz) plus one byte fill per cell and gene, never a float pass over the dense
+matrix.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def _quantize_sparse(
 ) -> QuantizedBlock:
     """Payload of a CSC block or of gene records: the code of 0.0 everywhere, then each stored value."""
     n_cells, n_genes = block.shape
-    dtype = np.dtype(_DTYPES[bits])
+    dtype = _DTYPES[bits]
     nbytes = n_genes * n_cells * dtype.itemsize
     if out is None:
         out = payload_buffer(nbytes)

@@ -435,9 +435,9 @@ class StreamedCSR(GeneBlockSource):
                 del records
                 start = n_lead
             parts = self._parts(n_threads)
+            runs = functools.partial(self._row_runs, cancel=cancel)
             for g0 in range(start, n_genes, per):
                 g1 = min(n_genes, g0 + per)
-                runs = functools.partial(self._row_runs, cancel=cancel)
                 yield CSRPass(n_cells, stats[g0:g1], g0, g1, runs, parts, pos_of, self.row_lut, columns)
             return
         stats = SparseStats.empty(n_genes)

@@ -26,7 +26,7 @@ from .codec import Codec
 from .errors import DiskFullError, ExportExistsError
 from .quantize import PAYLOAD_KINDS, QuantizedBlock
 
-__all__ = ["Prefetch", "StagingFolder", "payload_suffix", "prefetch", "write_json", "write_payloads"]
+__all__ = ["Prefetch", "StagingFolder", "payload_suffix", "write_json", "write_payloads"]
 
 
 def payload_suffix(kind_ext: str, compression: int | None) -> str:
@@ -210,11 +210,6 @@ class Prefetch:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def prefetch(items: Iterable, stop: threading.Event | None = None) -> Prefetch:
-    """Start producing ``items`` in a background thread (see :class:`Prefetch`)."""
-    return Prefetch(items, stop)
 
 
 def write_payloads(
