@@ -2,18 +2,22 @@
 
 Every ``.gz`` file is one gzip member (RFC 1952) whose header carries no file name and
 ``MTIME = 0``, so the same input always gives the same bytes. The deflate stream comes from
-the fastest library available for the requested level; the header and trailer are written
-here, so the envelope is identical whichever library compressed the data.
+this package's run encoder (:mod:`cellucid_export._deflate`) or, for data it does not suit, from
+the fastest library available for the requested level; the header and trailer are written here,
+so the envelope is identical whichever produced the stream.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from ._deflate import deflate_runs
 
 __all__ = ["Codec", "get_codec", "gzip_decompress"]
 
@@ -28,49 +32,56 @@ SEARCH_ABOVE = 0.25
 #: genes), a quick search over the whole vector never beat the first pass yet took 30% of all encoding
 #: time; the probe costs 2% and still sees a pattern that repeats within this many cells.
 PROBE_BYTES = 4 * 1024
-#: Above this fraction of bytes that differ from the byte before, runs are short and deflate does
-#: better coding each byte on its own (``Z_HUFFMAN_ONLY``): on M's genes the two cross near a quarter
-#: (an isolated value makes two such changes), and for a gene expressed in every cell Huffman-only is
-#: 7% smaller and 25% faster than runs.
-DENSE_ABOVE = 0.25
-#: ``memLevel`` of the first pass: its largest buffer of symbols means fewer, cheaper blocks. On M's
-#: genes: 6% faster and 0.2% smaller than the default 8.
-FIRST_MEM_LEVEL = 9
+#: Larger inputs skip the run encoder (its scratch indices are 32-bit); no gene comes near.
+_RUNS_MAX_BYTES = 2**31 - 16
+
+_scratch = threading.local()
+
+
+def _encode_runs(arr: np.ndarray) -> bytes:
+    """:func:`cellucid_export._deflate.deflate_runs` with this thread's scratch arrays."""
+    n = arr.size
+    starts = getattr(_scratch, "starts", None)
+    if starts is None or starts.size < n + 3:
+        _scratch.starts = starts = np.empty(n + 3, dtype=np.int32)
+        _scratch.syms = np.empty(n + 3, dtype=np.uint16)
+    return deflate_runs(arr, starts, _scratch.syms).tobytes()
 
 
 def _runs_first(module, level: int) -> Callable[[bytes], bytes]:
-    """Deflate with ``module`` (zlib or zlib-ng): runs only, or a string search when that does better.
+    """Deflate as runs of repeated bytes (our encoder), or a string search (``module``) when smaller.
 
-    A gene vector is mostly runs of one code (that of 0.0) between single values, and deflate
-    restricted to runs (``Z_RLE``) finds exactly that structure: on real and simulated genes it wrote
-    smaller streams than every zlib level, 3-10x faster (table in :data:`LEVEL_PLAN`). A gene expressed
-    in most cells has few runs, and Huffman coding alone does better on it (:data:`DENSE_ABOVE`). A
-    string search rarely beats either; repeats at a distance (a pattern of cells that comes back) are
-    what it would find. So a quick level-1 search probes the start of a poorly compressed vector, and
-    only where it beats the first pass there (per byte) do the quick and the level's full search run on
-    the whole vector. The smallest stream wins.
+    A gene vector is mostly runs of one code (that of 0.0) between single values. The first pass,
+    :func:`cellucid_export._deflate.deflate_runs`, codes exactly that structure: runs as copies of
+    the byte before, or for a gene expressed in most cells every byte as a literal, whichever is
+    smaller. On real and simulated genes it wrote smaller streams than every zlib level, and faster
+    than the fastest (table in :data:`LEVEL_PLAN`). A string search rarely beats it; repeats at a
+    distance (a pattern of cells that comes back) are what it would find. So a quick level-1 search
+    probes the start of a poorly compressed vector, and only where it beats the first pass there
+    (per byte) do the quick and the level's full search run on the whole vector. The smallest
+    stream wins.
     """
 
-    def compress(data, lvl: int, strategy: int, mem_level: int = 8) -> bytes:
-        c = module.compressobj(lvl, module.DEFLATED, -15, mem_level, strategy)
+    def compress(data, lvl: int) -> bytes:
+        c = module.compressobj(lvl, module.DEFLATED, -15, 8, module.Z_DEFAULT_STRATEGY)
         return c.compress(data) + c.flush()
 
     def deflate(data) -> bytes:
         view = memoryview(data).cast("B")
         size = view.nbytes
-        arr = np.frombuffer(view, np.uint8)
-        dense = np.count_nonzero(arr[1:] != arr[:-1]) > DENSE_ABOVE * size
-        out = compress(view, level, module.Z_HUFFMAN_ONLY if dense else module.Z_RLE, FIRST_MEM_LEVEL)
+        if size > _RUNS_MAX_BYTES:
+            return compress(view, level)
+        out = _encode_runs(np.frombuffer(view, np.uint8))
         if len(out) <= SEARCH_ABOVE * size:
             return out
         if size > PROBE_BYTES:
-            probe = len(compress(view[:PROBE_BYTES], 1, module.Z_DEFAULT_STRATEGY))
+            probe = len(compress(view[:PROBE_BYTES], 1))
             if probe * size >= len(out) * PROBE_BYTES:
                 return out
-        quick = compress(view, 1, module.Z_DEFAULT_STRATEGY)
+        quick = compress(view, 1)
         if len(quick) >= len(out):
             return out
-        searched = compress(view, level, module.Z_DEFAULT_STRATEGY) if level > 1 else quick
+        searched = compress(view, level) if level > 1 else quick
         return min(quick, searched, key=len)
 
     return deflate
@@ -106,7 +117,8 @@ class Codec:
     level
         The user-facing level, 1 (fastest) to 9 (smallest).
     library
-        Which deflate implementation produces the stream (``"zlib-ng"`` or ``"zlib"``).
+        Which library searches the vectors the run encoder does not suit (``"zlib-ng"`` or
+        ``"zlib"``).
 
     """
 
@@ -123,28 +135,30 @@ class Codec:
         return b"".join((GZIP_HEADER, body, trailer))
 
 
-#: Bytes (raw deflate streams) and speed per core of each way of compressing real quantized gene
-#: vectors: 765 genes of pbmc68k_reduced (raw, 8-bit, 535 KB) and 160 genes spread over a 100k-cell
-#: log1p matrix (M of ``benchmarks/``, 16 MB):
+#: Bytes and speed per core of each way of compressing real quantized gene vectors, each on its own:
+#: 765 genes of pbmc68k_reduced (raw, 8-bit, 535 KB, vectors of 700 bytes) and 160 genes spread over
+#: a 100k-cell log1p matrix (M of ``benchmarks/``, 16 MB). Raw deflate streams, except the codec's
+#: gzip members (18 bytes more each). From ``python benchmarks/codecs.py``:
 #:
-#: =========================== ================= ================================
-#: method                      pbmc68k_reduced   100k cells
-#: =========================== ================= ================================
-#: zlib level 1                281,359           2,860,620 at 203 MB/s
-#: zlib level 6                272,834           2,464,040 at 47 MB/s
-#: zlib level 9                271,501           2,281,434 at 3 MB/s
-#: zlib-ng 1                   342,287           3,566,166 at 560 MB/s
-#: zlib-ng 5                   266,986           2,304,655 at 155 MB/s
-#: zlib-ng 9                   271,494           2,223,512 at 16 MB/s
-#: zlib-ng runs only (Z_RLE)   249,455           2,174,038 at 537 MB/s
-#: runs or Huffman-only        240,580           2,136,720 at 598 MB/s
-#: the codec, level 1 or 6     240,580           2,136,720 at 583 MB/s
-#: =========================== ================= ================================
+#: ========================== ====================== ============================
+#: method                     pbmc68k_reduced        100k cells
+#: ========================== ====================== ============================
+#: zlib level 1               281,359                2,860,620 at 216 MB/s
+#: zlib level 6               272,834                2,464,040 at 49 MB/s
+#: zlib level 9               271,501                2,281,434 at 3 MB/s
+#: zlib-ng level 1            343,215                3,566,366 at 601 MB/s
+#: zlib-ng level 6            266,177                2,299,125 at 127 MB/s
+#: zlib-ng level 9            271,494                2,223,512 at 16 MB/s
+#: zlib-ng runs only (Z_RLE)  249,455                2,168,927 at 552 MB/s
+#: zlib-ng Huffman only       246,136                3,165,598 at 326 MB/s
+#: run encoder (_deflate)     240,414                2,132,404 at 764 MB/s
+#: the codec, levels 1-9      254,184 (240,414)      2,135,284 (2,132,404) at 730 MB/s
+#: ========================== ====================== ============================
 #:
-#: Runs-only deflate, or Huffman coding alone for a gene expressed in most cells, is smaller than every
-#: level of either library and as fast as the fastest, so every level starts with it (see
-#: :func:`_runs_first`); the level sets how hard the full search works on vectors that neither
-#: captures (none of these genes). Files stay standard gzip members.
+#: The run encoder (:func:`cellucid_export._deflate.deflate_runs`) is smaller than every level of
+#: either library and faster than the fastest, so every level starts with it (see
+#: :func:`_runs_first`); the level sets how hard the full search works on vectors it does not
+#: capture (none of these genes). Files stay standard gzip members.
 #: ISA-L (python-isal) was measured too but its output changed, rarely, when several threads
 #: compressed at once; the export promises the same bytes whatever ``n_jobs``, so it is not used.
 #: ``benchmarks/run.py`` re-measures the speed on each benchmark dataset.
@@ -152,17 +166,17 @@ LEVEL_PLAN: dict[int, tuple[str, int]] = {level: ("zlib-ng", level) for level in
 
 
 def get_codec(level: int, library: str | None = None) -> Codec:
-    """The gzip encoder for a level: runs-only deflate, or the level's full search when smaller.
+    """The gzip encoder for a level: the run encoder, or the level's full search when smaller.
 
     See :data:`LEVEL_PLAN` for the measurements behind the choice. Without zlib-ng the
-    standard library's zlib does the same, more slowly.
+    standard library's zlib does the search, more slowly.
 
     Parameters
     ----------
     level
         Gzip level 1..9.
     library
-        Force one implementation at this level (``"zlib-ng"`` or ``"zlib"``); for benchmarks and tests.
+        Force one library for the search (``"zlib-ng"`` or ``"zlib"``); for benchmarks and tests.
 
     """
     if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level <= 9:
