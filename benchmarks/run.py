@@ -434,9 +434,10 @@ def main(argv=None) -> int:
         fl = jobs[(data, "floor", "all", level)]
         last = fl.results[-1]
         notes.append(
-            f"- {data}, gzip {level}: codec {last['project_library']} {fl.median('project_mb_per_s'):.0f} MB/s per core "
-            f"(ratio {last['project_ratio']:.2f}) on {last['sample_genes']} real quantized genes; the same method on "
-            f"stdlib zlib {fl.median('zlib_mb_per_s'):.0f} MB/s (ratio {last['zlib_ratio']:.2f}), plain zlib level "
+            f"- {data}, gzip {level}: the codec (run encoder, {last['project_library']} for the search) "
+            f"{fl.median('project_mb_per_s'):.0f} MB/s per core "
+            f"(ratio {last['project_ratio']:.2f}) on {last['sample_genes']} real quantized genes; with the standard "
+            f"library's zlib for the search {fl.median('zlib_mb_per_s'):.0f} MB/s (ratio {last['zlib_ratio']:.2f}), plain zlib level "
             f"{level} {fl.median('zlib_plain_mb_per_s'):.0f} MB/s; sequential read of "
             f"{last['read_bytes'] / 1e6:,.0f} MB (data + indices) {fl.median('read_s'):.2f} s; creating a file "
             f"{fl.median('create_ms_per_file'):.2f} ms; {last['cores']} cores."
