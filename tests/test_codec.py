@@ -118,3 +118,28 @@ def test_gene_expressed_everywhere_is_coded_byte_by_byte(level):
     ours = get_codec(level).encode(x)
     assert len(ours) <= huffman_only + 18
     assert gzip_decompress(ours) == x
+
+
+def test_inputs_above_the_run_encoder_limit_use_the_library_and_no_scratch(monkeypatch):
+    """Coordinates of millions of cells must not make each thread keep 6 bytes of scratch per byte."""
+    import threading
+
+    from cellucid_export import codec
+
+    monkeypatch.setattr(codec, "RUNS_MAX_BYTES", 20_000)
+    small, large = gene_like_bytes(10_000, seed=1), gene_like_bytes(100_000, seed=2)
+    result = {}
+
+    def work():  # a fresh thread: fresh scratch
+        c = get_codec(6)
+        result["small"], result["large"] = c.encode(small), c.encode(large)
+        result["scratch"] = codec._scratch.starts.size
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert gzip_decompress(result["small"]) == small
+    assert gzip_decompress(result["large"]) == large
+    assert result["scratch"] == 10_000 + 3  # sized for the small vector only
+    runs_only = zlib.compressobj(6, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+    assert len(result["large"]) <= len(runs_only.compress(large) + runs_only.flush()) + 18

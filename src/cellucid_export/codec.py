@@ -32,8 +32,11 @@ SEARCH_ABOVE = 0.25
 #: genes), a quick search over the whole vector never beat the first pass yet took 30% of all encoding
 #: time; the probe costs 2% and still sees a pattern that repeats within this many cells.
 PROBE_BYTES = 4 * 1024
-#: Larger inputs skip the run encoder (its scratch indices are 32-bit); no gene comes near.
-_RUNS_MAX_BYTES = 2**31 - 16
+#: Inputs up to this size go through the run encoder, whose scratch space is 6 bytes per input byte;
+#: each thread keeps its scratch for the next vector. Genes are far smaller (a million cells: 1 MB at 8
+#: bits); a larger input (the coordinates of millions of cells) goes to the library's own run-only
+#: strategy instead, which needs no scratch, so memory stays bounded whatever the input.
+RUNS_MAX_BYTES = 16 * 2**20
 
 _scratch = threading.local()
 
@@ -62,16 +65,17 @@ def _runs_first(module, level: int) -> Callable[[bytes], bytes]:
     stream wins.
     """
 
-    def compress(data, lvl: int) -> bytes:
-        c = module.compressobj(lvl, module.DEFLATED, -15, 8, module.Z_DEFAULT_STRATEGY)
+    def compress(data, lvl: int, strategy: int = module.Z_DEFAULT_STRATEGY) -> bytes:
+        c = module.compressobj(lvl, module.DEFLATED, -15, 8, strategy)
         return c.compress(data) + c.flush()
 
     def deflate(data) -> bytes:
         view = memoryview(data).cast("B")
         size = view.nbytes
-        if size > _RUNS_MAX_BYTES:
-            return compress(view, level)
-        out = _encode_runs(np.frombuffer(view, np.uint8))
+        if size <= RUNS_MAX_BYTES:
+            out = _encode_runs(np.frombuffer(view, np.uint8))
+        else:
+            out = compress(view, level, module.Z_RLE)
         if len(out) <= SEARCH_ABOVE * size:
             return out
         if size > PROBE_BYTES:
