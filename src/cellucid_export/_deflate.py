@@ -4,9 +4,9 @@ A quantized gene is a run of one code (that of 0.0) broken by single values. zli
 strategy finds exactly that structure, but spends most of its time on generic machinery: the
 sliding window, a symbol buffer that closes a block every 32k symbols, per-block tree building.
 Here the whole vector is parsed once into literals and length/distance-1 copies (the same parse as
-``Z_RLE``), both ways of coding it are priced from the symbol counts (runs, or every byte a
-literal as ``Z_HUFFMAN_ONLY``) and the cheaper one is written as a single block with its own
-Huffman codes, or as a fixed-code or stored block when those are smaller. The output is a raw
+``Z_RLE``), four ways of coding it are priced from the symbol counts (runs or, as
+``Z_HUFFMAN_ONLY`` does, every byte a literal, each with its own Huffman codes; runs with the
+fixed codes; the bytes stored as they are) and the cheapest is written, as a single block. The output is a raw
 deflate stream any inflater reads; :mod:`cellucid_export.codec` wraps it in a gzip member.
 """
 
@@ -21,52 +21,21 @@ _jit = numba.njit(nogil=True, cache=True)
 _inline = numba.njit(nogil=True, cache=True, inline="always")
 
 #: Length symbols 257..285: the first length of each and its number of extra bits (RFC 1951 3.2.5).
-_LEN_BASE = np.array(
-    [
-        3,
-        4,
-        5,
-        6,
-        7,
-        8,
-        9,
-        10,
-        11,
-        13,
-        15,
-        17,
-        19,
-        23,
-        27,
-        31,
-        35,
-        43,
-        51,
-        59,
-        67,
-        83,
-        99,
-        115,
-        131,
-        163,
-        195,
-        227,
-        258,
-    ],
-    dtype=np.int64,
-)
+_LEN_BASE = np.array([3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258], dtype=np.int64)  # fmt: skip
 _LEN_EXTRA = np.array(
     [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0], dtype=np.int64
 )
 
 
 def _length_symbols() -> np.ndarray:
-    """Length symbol (257..285) of every copy length 0..258 (entries below 3 unused)."""
+    """Length symbol (257..285) of every copy length 0..258 (entries below 3 unused).
+
+    Symbol 284 covers 227..257: 258 is symbol 285 only (284 with extra bits 31 is invalid).
+    """
     sym = np.zeros(259, dtype=np.int64)
     for code in range(len(_LEN_BASE)):
         top = _LEN_BASE[code + 1] if code + 1 < len(_LEN_BASE) else 259
         sym[_LEN_BASE[code] : top] = 257 + code
-    sym[258] = 285  # 258 has its own symbol; 227 + 31 would also reach it, but 285 is shorter.
     return sym
 
 
