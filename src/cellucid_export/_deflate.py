@@ -184,22 +184,17 @@ def _code_lengths(freq, limit):
         leaf = 0
         inner = m
         for node in range(m, nodes):
-            # Take the two lightest of the next leaf and the next inner node (leaves first on ties).
-            if leaf < m and (inner >= node or weight[leaf] <= weight[inner]):
-                x = leaf
-                leaf += 1
-            else:
-                x = inner
-                inner += 1
-            if leaf < m and (inner >= node or weight[leaf] <= weight[inner]):
-                y = leaf
-                leaf += 1
-            else:
-                y = inner
-                inner += 1
-            weight[node] = weight[x] + weight[y]
-            parent[x] = node
-            parent[y] = node
+            # Join the two lightest of the next leaf and the next inner node (leaves first on ties).
+            weight[node] = 0
+            for _ in range(2):
+                if leaf < m and (inner >= node or weight[leaf] <= weight[inner]):
+                    child = leaf
+                    leaf += 1
+                else:
+                    child = inner
+                    inner += 1
+                weight[node] += weight[child]
+                parent[child] = node
         depth = np.zeros(nodes, dtype=np.int64)
         longest = 0
         for node in range(nodes - 2, -1, -1):
