@@ -240,6 +240,21 @@ def _codes(lengths):
 
 
 @_jit
+def _repeats(cl_sym, cl_extra, k, run, sym, shortest, longest):
+    """Code ``run`` repeats with ``sym`` (``shortest``..``longest`` each) while at least ``shortest`` are left.
+
+    Returns the new symbol count and the repeats left over.
+    """
+    while run >= shortest:
+        m = min(run, longest)
+        cl_sym[k] = sym
+        cl_extra[k] = m - shortest
+        k += 1
+        run -= m
+    return k, run
+
+
+@_jit
 def _length_runs(lens, cl_sym, cl_extra):
     """Run-length code a sequence of code lengths with symbols 0..18. Returns the symbol count."""
     n = lens.size
@@ -251,28 +266,13 @@ def _length_runs(lens, cl_sym, cl_extra):
         while j < n and lens[j] == v:
             j += 1
         run = j - i
-        if v == 0:
-            while run >= 11:
-                m = min(run, 138)
-                cl_sym[k] = 18
-                cl_extra[k] = m - 11
-                k += 1
-                run -= m
-            if run >= 3:
-                cl_sym[k] = 17
-                cl_extra[k] = run - 3
-                k += 1
-                run = 0
-        else:
+        if v == 0:  # zeros: 11..138 at a time, then 3..10
+            k, run = _repeats(cl_sym, cl_extra, k, run, 18, 11, 138)
+            k, run = _repeats(cl_sym, cl_extra, k, run, 17, 3, 10)
+        else:  # a length once, then 3..6 copies of it at a time
             cl_sym[k] = v
             k += 1
-            run -= 1
-            while run >= 3:
-                m = min(run, 6)
-                cl_sym[k] = 16
-                cl_extra[k] = m - 3
-                k += 1
-                run -= m
+            k, run = _repeats(cl_sym, cl_extra, k, run - 1, 16, 3, 6)
         for _ in range(run):
             cl_sym[k] = v
             k += 1

@@ -137,8 +137,15 @@ def bucket_csr_rows(indptr, indices, data, row0, row_lut, pos_of, genes_per_bloc
 
 
 @_jit
-def _lead_scan(indptr, indices, data, row0, row_lut, pos_of, lead, c_last, ordered, out, start, write):
-    """Count (or, with ``write``, also write from ``out[start]``) the lead records of a run of rows."""
+def lead_records(indptr, indices, data, row0, row_lut, pos_of, lead, c_last, ordered, out, start):
+    """Write the records of export positions below ``lead`` in a run of CSR rows into ``out[start:]``.
+
+    ``gene`` is the position. Returns where the records end, or -1 when they do not fit in ``out``
+    (what was written then is not to be used). With ``ordered`` (every row's columns increasing,
+    and positions in file-column order), a row is read only up to column ``c_last``, the file column
+    of position ``lead - 1``: the lead genes' values come first in every row, so this costs their
+    values, not the matrix's.
+    """
     has_lut = row_lut.size > 0
     i = start
     for r in range(len(indptr) - 1):
@@ -151,28 +158,13 @@ def _lead_scan(indptr, indices, data, row0, row_lut, pos_of, lead, c_last, order
                 break
             p = pos_of[c]
             if 0 <= p < lead:
-                if write:
-                    out[i].row = out_r
-                    out[i].gene = p
-                    out[i].val = data[k]
+                if i >= len(out):
+                    return -1
+                out[i].row = out_r
+                out[i].gene = p
+                out[i].val = data[k]
                 i += 1
     return i
-
-
-@_jit
-def lead_records(indptr, indices, data, row0, row_lut, pos_of, lead, c_last, ordered, out, start):
-    """Write the records of export positions below ``lead`` in a run of CSR rows into ``out[start:]``.
-
-    ``gene`` is the position. Returns where the records end, or -1 (nothing written) when they do not
-    fit in ``out``. With ``ordered`` (every row's columns increasing, and positions in file-column
-    order), a row is read only up to column ``c_last``, the file column of position ``lead - 1``: the
-    lead genes' values come first in every row, so this costs their values, not the matrix's.
-    """
-    args = (indptr, indices, data, row0, row_lut, pos_of, lead, c_last, ordered, out)
-    end = _lead_scan(*args, start, False)
-    if end > len(out):
-        return -1
-    return _lead_scan(*args, start, True)
 
 
 @_jit
