@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 from zlib_ng import zlib_ng
 
-from cellucid_export._deflate import deflate_runs
-from cellucid_export.codec import get_codec
+from cellucid_export.codec import _encode_runs, get_codec
 
 
 def pbmc_vectors() -> list[np.ndarray]:
@@ -54,19 +53,6 @@ def library(module, level: int, strategy: int, mem_level: int = 8):
     return deflate
 
 
-def run_encoder():
-    starts = np.empty(0, np.int32)
-    syms = np.empty(0, np.uint16)
-
-    def deflate(v):
-        nonlocal starts, syms
-        if starts.size < v.size + 3:
-            starts, syms = np.empty(v.size + 3, np.int32), np.empty(v.size + 3, np.uint16)
-        return deflate_runs(v, starts, syms)
-
-    return deflate
-
-
 METHODS = {
     "zlib level 1": library(zlib, 1, zlib.Z_DEFAULT_STRATEGY),
     "zlib level 6": library(zlib, 6, zlib.Z_DEFAULT_STRATEGY),
@@ -76,7 +62,7 @@ METHODS = {
     "zlib-ng level 9": library(zlib_ng, 9, zlib_ng.Z_DEFAULT_STRATEGY),
     "zlib-ng runs only (Z_RLE)": library(zlib_ng, 6, zlib_ng.Z_RLE, 9),
     "zlib-ng Huffman only": library(zlib_ng, 6, zlib_ng.Z_HUFFMAN_ONLY, 9),
-    "run encoder (_deflate)": run_encoder(),
+    "run encoder (_deflate)": _encode_runs,
     "the codec, level 1": get_codec(1).encode,
     "the codec, level 6": get_codec(6).encode,
     "the codec, level 9": get_codec(9).encode,
