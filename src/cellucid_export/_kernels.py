@@ -58,29 +58,36 @@ def _encode(v, lo, scale, steps, marker):
 def csr_stats(indptr, indices, data, row0, row_lut, pos_of, vmin, vmax, n_stored, n_nan, n_inf):
     """Add a run of CSR rows to the per-gene statistics (arrays indexed by export position).
 
-    Returns whether every row's column indices are strictly increasing (canonical CSR).
+    Returns whether every row's column indices are strictly increasing (canonical CSR). That check
+    rides along in the loop over a row's values: a separate loop over the indices made this pass a
+    third slower on M. Finite values are tested first (``v - v`` is NaN for NaN and +/-Inf alone),
+    as they are almost all of them.
     """
     has_lut = row_lut.size > 0
     ordered = True
     for r in range(len(indptr) - 1):
-        for k in range(indptr[r] + 1, indptr[r + 1]):
-            if indices[k] <= indices[k - 1]:
-                ordered = False
+        a, b = indptr[r], indptr[r + 1]
         if has_lut and row_lut[row0 + r] < 0:
+            for k in range(a + 1, b):
+                ordered &= indices[k] > indices[k - 1]
             continue
-        for k in range(indptr[r], indptr[r + 1]):
-            p = pos_of[indices[k]]
+        prev = -1
+        for k in range(a, b):
+            c = indices[k]
+            ordered &= c > prev
+            prev = c
+            p = pos_of[c]
             if p < 0:
                 continue
             v = data[k]
             n_stored[p] += 1
-            if np.isnan(v):
-                n_nan[p] += 1
-            elif np.isinf(v):
-                n_inf[p] += 1
-            else:
+            if v - v == 0:
                 vmin[p] = min(vmin[p], v)
                 vmax[p] = max(vmax[p], v)
+            elif np.isnan(v):
+                n_nan[p] += 1
+            else:
+                n_inf[p] += 1
     return ordered
 
 
@@ -91,13 +98,13 @@ def csc_stats(indptr, data, vmin, vmax, n_stored, n_nan, n_inf):
         for k in range(indptr[p], indptr[p + 1]):
             v = data[k]
             n_stored[p] += 1
-            if np.isnan(v):
-                n_nan[p] += 1
-            elif np.isinf(v):
-                n_inf[p] += 1
-            else:
+            if v - v == 0:
                 vmin[p] = min(vmin[p], v)
                 vmax[p] = max(vmax[p], v)
+            elif np.isnan(v):
+                n_nan[p] += 1
+            else:
+                n_inf[p] += 1
 
 
 @_jit
