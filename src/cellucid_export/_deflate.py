@@ -358,9 +358,9 @@ def _put_symbols(syms, n_syms, ll_code, ll_len, copy_bits, out, pos, acc, nacc):
     """Write ``syms[:n_syms]`` (as :func:`_parse` packs them) with the given literal/length code.
 
     A copy's distance code is all zeros (distance 1 is symbol 0, the first canonical code), so
-    only its length, ``copy_bits``, is needed. The bit writing of :func:`_put` is written out
-    here: called as a function it costs a reference count on ``out`` per symbol, 15 times the
-    work itself. No branch per symbol: a literal's extra bits are zero.
+    only its length, ``copy_bits``, is needed. The bit writing is inlined (:func:`_put_bytes`, which
+    numba copies in at compile time): as an ordinary call it cost a reference count on ``out`` per
+    symbol, 15 times the work itself. No branch per symbol: a literal's extra bits are zero.
 
     Symbols go two at a time: the loop is bound by the chain of shifts through the accumulator, and
     a pair (at most 2 x 25 bits) takes one trip down it instead of two. For that room every whole byte
