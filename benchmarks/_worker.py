@@ -161,6 +161,7 @@ def run_floor(spec: dict) -> dict:
     import numpy as np
 
     from cellucid_export.codec import get_codec
+    from cellucid_export.export import _n_jobs
     from cellucid_export.quantize import quantize_block
     from cellucid_export.sources import open_source
 
@@ -203,7 +204,8 @@ def run_floor(spec: dict) -> dict:
         out[f"{name}_library"] = codec.library
         out[f"{name}_mb_per_s"] = raw / best / 1e6
         out[f"{name}_ratio"] = raw / comp
-    out["cores"] = _cores()
+    # As many threads as the export uses by default (n_jobs=None: the cores this process may run on).
+    out["cores"] = _n_jobs(None)
     out["project_mb_per_s_all_cores"] = _all_cores_mb_per_s(codecs["project"], vectors, out["cores"])
     # zlib itself, without the project's wrapper, as a cross-check of the stdlib figure
     t0 = time.perf_counter()
@@ -229,13 +231,6 @@ def run_floor(spec: dict) -> dict:
     return out
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
-
-
 def _all_cores_mb_per_s(codec, vectors: list, cores: int, rounds: int = 3) -> float:
     """The codec's throughput with every core compressing at once (what issue 4's floor divides by).
 
@@ -243,23 +238,19 @@ def _all_cores_mb_per_s(codec, vectors: list, cores: int, rounds: int = 3) -> fl
     so all cores work for the same time; the best of two trials is kept. Cores share caches and memory
     bandwidth, so this is at most ``cores`` times the one-core speed.
     """
-    import threading
+    from cellucid_export._parallel import in_threads
 
     raw = sum(v.nbytes for v in vectors)
 
-    def work():
+    def work(_):
         for _ in range(rounds):
             for v in vectors:
                 codec.encode(v)
 
     best = float("inf")
     for _ in range(2):
-        threads = [threading.Thread(target=work) for _ in range(cores)]
         t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(work, range(cores))
         best = min(best, time.perf_counter() - t0)
     return raw * rounds * cores / best / 1e6
 

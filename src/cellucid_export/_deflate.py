@@ -317,21 +317,12 @@ def _dynamic_header(ll_freq, d_freq):
 def _put(out, pos, acc, nacc, value, nbits):
     """Append ``nbits`` (<= 32) bits of ``value``, LSB first; the state is (pos, acc, nacc).
 
-    Bits gather in a 64-bit accumulator that is flushed four bytes at a time, so it never holds
-    more than 31 bits before a call. Unsigned arithmetic throughout: numba's shifts of signed
+    Bits gather in a 64-bit accumulator whose whole bytes are written at once (:func:`_put_bytes`),
+    so it holds at most 7 bits between calls. Unsigned arithmetic throughout: numba's shifts of signed
     integers are checked, which made every call ten times slower.
     """
     acc |= np.uint64(value) << nacc
-    nacc += np.uint64(nbits)
-    if nacc >= 32:
-        out[pos] = acc & 0xFF
-        out[pos + 1] = (acc >> np.uint64(8)) & 0xFF
-        out[pos + 2] = (acc >> np.uint64(16)) & 0xFF
-        out[pos + 3] = (acc >> np.uint64(24)) & 0xFF
-        pos += 4
-        acc >>= np.uint64(32)
-        nacc -= np.uint64(32)
-    return pos, acc, nacc
+    return _put_bytes(out, pos, acc, nacc + np.uint64(nbits))
 
 
 @_jit
