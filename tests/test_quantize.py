@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from cellucid_export.quantize import MARKER, STEPS, dequantize, quantize_block
+from cellucid_export.quantize import MARKER, STEPS, dequantize, payload_row_bytes, quantize_block
 
 
 def reference_codes(v: np.ndarray, bits: int, constant_plus_one: bool):
@@ -56,7 +56,33 @@ def test_codes_match_formula_dense_and_sparse():
                     assert float(q.lo[j]) == lo
                     assert float(q.hi[j]) == hi
             assert qd.payload.dtype == qs.payload.dtype == np.dtype(f"uint{bits}")
-            assert qd.payload.flags.c_contiguous and qs.payload.flags.c_contiguous
+            # Each gene's codes are one contiguous row, ready to be written as its file.
+            assert all(q.payload[j].flags.c_contiguous for q in (qd, qs) for j in range(n_genes))
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 4])
+def test_payload_rows_are_an_odd_number_of_cache_lines(itemsize):
+    for n_cells in [0, 1, 63, 64, 700, 4096, 65536, 98304, 100000, 131072, 1_000_000]:
+        row = payload_row_bytes(n_cells, itemsize)
+        assert n_cells * itemsize <= row < n_cells * itemsize + 128
+        assert row % 64 == 0 and (row // 64) % 2 == 1
+
+
+@pytest.mark.parametrize("bits", [8, 16, None])
+def test_sparse_payload_with_padded_rows_matches_dense(bits):
+    # 4,096 cells: rows a multiple of 4 KB apart unless padded (the case the padding is for).
+    rng = np.random.default_rng(3)
+    n_cells, n_genes = 4096, 9
+    x = sp.random(n_cells, n_genes, density=0.07, format="csc", dtype=np.float32, random_state=rng)
+    x.data = np.log1p(x.data * 20).astype(np.float32)
+    dense = quantize_block(x.toarray(), bits, constant_plus_one=True).payload
+    out = np.full(n_genes * payload_row_bytes(n_cells, 4) + 100, 77, np.uint8)  # stale bytes around
+    sparse = quantize_block(x, bits, constant_plus_one=True, out=out).payload
+    assert sparse.shape == dense.shape == (n_genes, n_cells)
+    assert (
+        sparse.strides[0] == payload_row_bytes(n_cells, sparse.itemsize) > sparse.shape[1] * sparse.itemsize
+    )
+    np.testing.assert_array_equal(sparse, dense)
 
 
 def test_sparse_block_with_only_explicit_values_and_no_implicit_zero():
@@ -173,11 +199,11 @@ def test_large_payload_buffers_are_writable_and_exact():
     """Buffers past the allocator's pool are mapped in by the system; a payload in one is the same."""
     from cellucid_export.quantize import payload_buffer
 
-    buf = payload_buffer(2**24 + 5)
-    assert buf.shape == (2**24 + 5,) and buf.dtype == np.uint8 and buf.flags.writeable
-    x = sp.random(
-        4_000, 4_190, density=0.05, format="csc", dtype=np.float32, random_state=2
-    )  # 16.8 MB of codes
+    nbytes = 4_190 * payload_row_bytes(4_000, 1) + 5  # 16.9 MB of codes in padded rows
+    assert nbytes > 2**24
+    buf = payload_buffer(nbytes)
+    assert buf.shape == (nbytes,) and buf.dtype == np.uint8 and buf.flags.writeable
+    x = sp.random(4_000, 4_190, density=0.05, format="csc", dtype=np.float32, random_state=2)
     np.testing.assert_array_equal(
         quantize_block(x, 8, constant_plus_one=True, out=buf).payload,
         quantize_block(x.toarray(), 8, constant_plus_one=True).payload,

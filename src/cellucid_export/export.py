@@ -31,7 +31,7 @@ from .plan import (
     format_bytes,
     parse_bytes,
 )
-from .quantize import PAYLOAD_KINDS, QuantizedBlock, payload_buffer, quantize_block
+from .quantize import PAYLOAD_KINDS, QuantizedBlock, payload_buffer, payload_row_bytes, quantize_block
 from .resolve import AnnDataParts, Selection, check_options, resolve, safe_name
 from .writer import (
     Prefetch,
@@ -220,7 +220,9 @@ def read_genes(
         # Two payload buffers, used in turn: Prefetch keeps at most two blocks alive, so the buffer of
         # block k is free again when block k + 2 is made.
         buffers: list[np.ndarray] = []
-        size = min(payload_genes, n) * sel.n_cells * np.dtype(PAYLOAD_KINDS[var_quantization][1]).itemsize
+        size = min(payload_genes, n) * payload_row_bytes(
+            sel.n_cells, np.dtype(PAYLOAD_KINDS[var_quantization][1]).itemsize
+        )
         # The last, partial payload goes first, from values the statistics pass keeps (12 bytes each, at
         # most a payload's worth): a CSR file read by passes then needs one pass fewer.
         lead = (n - (-(-n // payload_genes) - 1) * payload_genes, size // RECORD.itemsize)

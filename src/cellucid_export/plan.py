@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ExportTooLargeError, InvalidParameterError
-from .quantize import PAYLOAD_KINDS
+from .quantize import PAYLOAD_KINDS, payload_row_bytes
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MEMORY_BUDGET", "ExportPlan", "check_plan", "parse_bytes"]
 
@@ -193,10 +193,10 @@ def block_sizes(
     the float32 values, the float64 temporaries of quantization and the payload, three blocks at a
     time. Read chunks are bounded separately (about 30 MB).
     """
-    out = n_cells * _ITEMSIZE[bits]
     if not sparse:
-        per = int(max(1, budget // 3 // max(1, n_cells * 22 + out)))
+        per = int(max(1, budget // 3 // max(1, n_cells * (22 + _ITEMSIZE[bits]))))
         return per, per
+    out = payload_row_bytes(n_cells, _ITEMSIZE[bits])  # a sparse block's payload rows are padded
     if bytes_per_value == 0:
         return 2**62, int(max(1, budget // 2 // max(1, out)))
     read = budget // 2 // max(1.0, n_cells * nnz_fraction * bytes_per_value)
