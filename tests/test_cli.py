@@ -78,6 +78,34 @@ def test_cli_options_and_errors(pbmc, tmp_path, capsys):
     assert "max_bytes" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     assert main(["inspect", str(out), "--gene", "NOPE"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'NOPE' is not in this export (2 genes, e.g. CD79A, MS4A1).")
+    # A gene in the wrong case is named, the way it was exported.
+    assert main(["inspect", str(out), "--gene", "cd79a"]) == 2
+    assert "did you mean 'CD79A'?" in capsys.readouterr().err
+
+
+def test_cli_genes_typo_of_a_column_is_named(pbmc, tmp_path, capsys):
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    assert main(["estimate", str(h5ad), "--genes", "highly_variabel"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "there is no var column and no gene of that name; did you mean the column 'highly_variable'?" in err
+    )
+    # One real gene is still one gene, and a misspelt gene is still an unknown gene.
+    assert main(["estimate", str(h5ad), "--genes", "CD79A"]) == 0
+    assert "ExportPlan: 1 gene x 700 cells from raw.X" in capsys.readouterr().out
+    assert main(["estimate", str(h5ad), "--genes", "CD79Q"]) == 2
+    assert "not in raw.X: 'CD79Q'" in capsys.readouterr().err
+
+
+def test_validate_counts_problems_in_words(pbmc, tmp_path, capsys):
+    out = tmp_path / "one"
+    pbmc.cellucid.export(out, genes=["CD79A"], progress=False)
+    (out / "var" / "CD79A.values.u8.gz").unlink()
+    assert main(["validate", str(out)]) == 1
+    assert ": 1 problem; the viewer may not open it." in capsys.readouterr().err
 
 
 def test_cli_dataset_options(pbmc, tmp_path, capsys):

@@ -17,6 +17,7 @@ from tests.conftest import folder_digest, leftovers, make_scrna
 
 import cellucid_export
 from cellucid_export import errors, export, writer
+from cellucid_export.cli import main
 
 
 def test_guard_refuses_before_writing(scrna, tmp_path):
@@ -55,12 +56,12 @@ def test_existing_target_needs_overwrite_and_is_replaced_whole(scrna, tmp_path):
     with pytest.raises(errors.ExportExistsError, match="overwrite=True"):
         scrna.cellucid.export(target, genes=["G3"], progress=False)
     assert folder_digest(target) == before
-    (target / "stray.txt").write_text("from an older export")
+    (target / "var" / "OLD.values.f32").write_bytes(b"from an older export")
     scrna.cellucid.export(target, genes=["G3"], compression=None, overwrite=True, progress=False)
     files = sorted(folder_digest(target))
     assert "var/G3.values.u8" in files and "var_manifest.json" in files and "points_2d.bin" in files
     assert not any(
-        f.endswith(".gz") or f.startswith("var/G1") or f == "stray.txt" for f in files
+        f.endswith(".gz") or f.startswith("var/G1") or f == "var/OLD.values.f32" for f in files
     )  # no orphan
     assert leftovers(tmp_path) == []
 
@@ -213,3 +214,171 @@ def test_a_failure_stops_the_reader_within_its_pass(tmp_path, monkeypatch, exc):
     )._parts(1)[0]
     assert 0 < len(chunks) < len(whole_pass)  # stopped within the pass
     assert not [t for t in threading.enumerate() if t.name.startswith("cellucid-export")]
+
+
+# ------------------------------------------------------------------------------------------------
+# overwrite=True replaces only an empty folder or a previous export; the target's folder is checked
+# before anything is written.
+
+
+def test_overwrite_refuses_a_folder_that_is_not_an_export(tmp_path):
+    a = make_scrna(n_cells=60, n_genes=8)
+    work = tmp_path / "work"
+    work.mkdir()
+    a.write_h5ad(work / "x.h5ad")
+    (work / "analysis.ipynb").write_text("keep")
+    before = folder_digest(work)
+    with pytest.raises(errors.OverwriteRefusedError) as e:
+        a.cellucid.export(work, overwrite=True, progress=False)
+    assert isinstance(e.value, errors.ExportExistsError) and isinstance(e.value, FileExistsError)
+    msg = str(e.value)
+    assert str(work) in msg and "does not look like a cellucid export" in msg
+    assert "'analysis.ipynb', 'x.h5ad'" in msg and "exports/<dataset name>" in msg
+    assert "delete the folder yourself" in msg
+    assert folder_digest(work) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"] and leftovers(work) == []
+    # Without overwrite the message does not send the user to overwrite=True.
+    with pytest.raises(errors.ExportExistsError, match="overwrite=True would not replace") as e:
+        a.cellucid.export(work, progress=False)
+    assert not isinstance(e.value, errors.OverwriteRefusedError)
+    assert folder_digest(work) == before
+
+
+def test_export_h5ad_overwrite_refuses_the_folder_that_holds_the_input(tmp_path, monkeypatch):
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    make_scrna(n_cells=60, n_genes=8).write_h5ad(proj / "data" / "x.h5ad")
+    (proj / "notes.txt").write_text("keep")
+    before = folder_digest(proj)
+    with pytest.raises(errors.OverwriteRefusedError, match=r"holds 'data/', 'notes.txt'"):
+        cellucid_export.export_h5ad(proj / "data" / "x.h5ad", proj, overwrite=True, progress=False)
+    assert folder_digest(proj) == before and leftovers(tmp_path) == []
+    # The command line, run from the folder that holds the .h5ad: one line, exit status 2.
+    (proj / "data" / "analysis.ipynb").write_text("keep")
+    before = folder_digest(proj)
+    monkeypatch.chdir(proj / "data")
+    assert main(["export", "x.h5ad", ".", "--overwrite", "--no-progress"]) == 2
+    assert folder_digest(proj) == before and leftovers(proj) == []
+
+
+def test_overwrite_refuses_an_export_with_foreign_files_inside(scrna, tmp_path):
+    target = tmp_path / "out"
+    scrna.cellucid.export(target, genes=["G1"], progress=False)
+    (target / "var" / "notes.txt").write_text("keep")
+    before = folder_digest(target)
+    with pytest.raises(errors.OverwriteRefusedError, match="'var/notes.txt'"):
+        scrna.cellucid.export(target, overwrite=True, progress=False)
+    assert folder_digest(target) == before
+    # Payload folders without any manifest are not an export either.
+    other = tmp_path / "other"
+    (other / "var").mkdir(parents=True)
+    (other / "var" / "A.values.u8").write_bytes(b"x")
+    with pytest.raises(errors.OverwriteRefusedError, match="holds 'var/'"):
+        scrna.cellucid.export(other, overwrite=True, progress=False)
+    assert (other / "var" / "A.values.u8").read_bytes() == b"x"
+
+
+def test_overwrite_replaces_a_previous_export_and_an_empty_folder(scrna, tmp_path):
+    target = tmp_path / "out"
+    scrna.cellucid.export(target, genes=["G1", "G2"], layout="index", progress=False)
+    (target / ".DS_Store").write_bytes(b"Finder")  # left by browsing the folder: not the user's data
+    res = scrna.cellucid.export(target, genes=["G3"], overwrite=True, progress=False)
+    assert cellucid_export.read_export(res.path).gene_ids == ["G3"]
+    assert ".DS_Store" not in folder_digest(target)
+    # A genes-only export (no embedding) is recognised too.
+    genes_only = make_scrna(n_cells=60, n_genes=8)
+    del genes_only.obsm["X_umap"]
+    with pytest.warns(cellucid_export.CellucidExportWarning, match="not viewer-openable"):
+        genes_only.cellucid.export(tmp_path / "g", progress=False)
+    assert sorted(folder_digest(tmp_path / "g"))[-1] == "var_manifest.json"
+    scrna.cellucid.export(tmp_path / "g", genes=["G4"], overwrite=True, progress=False)
+    assert cellucid_export.read_export(tmp_path / "g").gene_ids == ["G4"]
+    # An empty folder, made beforehand.
+    (tmp_path / "empty").mkdir()
+    scrna.cellucid.export(tmp_path / "empty", genes=["G5"], overwrite=True, progress=False)
+    assert cellucid_export.read_export(tmp_path / "empty").gene_ids == ["G5"]
+    assert leftovers(tmp_path) == []
+
+
+def test_overwrite_refuses_the_working_directory(scrna, tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    scrna.cellucid.export(target, genes=["G1"], progress=False)
+    before = folder_digest(target)
+    monkeypatch.chdir(target)
+    with pytest.raises(errors.OverwriteRefusedError, match="the folder you are working in") as e:
+        scrna.cellucid.export(".", overwrite=True, progress=False)
+    assert str(e.value).startswith(f"{target} is the folder you are working in (or holds it)")
+    monkeypatch.chdir(target / "var")  # a folder above the working directory
+    with pytest.raises(errors.OverwriteRefusedError, match="the folder you are working in"):
+        scrna.cellucid.export(target, overwrite=True, progress=False)
+    assert folder_digest(target) == before and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("below", ["sub", "a/b/sub"])
+def test_a_file_above_the_target_is_explained(scrna, tmp_path, below):
+    data = tmp_path / "syn.h5ad"
+    data.write_bytes(b"not a folder")
+    target = data / below
+    with pytest.raises(errors.TargetParentNotFolderError) as e:
+        scrna.cellucid.export(target, progress=False)
+    assert isinstance(e.value, NotADirectoryError) and isinstance(e.value, errors.CellucidExportError)
+    msg = str(e.value)
+    assert f"Cannot create the export folder {target}: {data} is a file, not a folder" in msg
+    assert "exports/<dataset name>" in msg and ".staging-" not in msg
+    assert list(tmp_path.iterdir()) == [data] and data.read_bytes() == b"not a folder"
+
+
+def _deny_writing(monkeypatch, folder):
+    """Make ``folder`` look unwritable: tests run as root, where permission bits do not stop writes."""
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **kw: os.fspath(p) != str(folder) and real(p, mode, **kw)
+    )
+
+
+@pytest.mark.parametrize("below", ["out", "x/y/out"])
+def test_an_unwritable_parent_is_explained(scrna, tmp_path, monkeypatch, below):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _deny_writing(monkeypatch, ro)
+    target = ro / below
+    with pytest.raises(errors.TargetNotWritableError) as e:
+        scrna.cellucid.export(target, progress=False)
+    assert isinstance(e.value, PermissionError) and isinstance(e.value, errors.CellucidExportError)
+    msg = str(e.value)
+    assert f"Cannot create the export folder {target}: you do not have permission to write in {ro}." in msg
+    assert "ask the owner of that folder for write access" in msg and ".staging-" not in msg
+    assert list(tmp_path.iterdir()) == [ro] and list(ro.iterdir()) == []
+
+
+def test_a_permission_error_while_creating_the_folder_names_the_target(scrna, tmp_path, monkeypatch):
+    # os.access can say yes where writing is still refused (a network disk that maps root to nobody).
+    import pathlib
+
+    real_mkdir = pathlib.Path.mkdir
+
+    def refuse(self, *a, **k):
+        if ".staging-" in self.name:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
+    handler = signal.getsignal(signal.SIGTERM)
+    target = tmp_path / "a" / "b" / "out"
+    with pytest.raises(errors.TargetNotWritableError) as e:
+        scrna.cellucid.export(target, progress=False)
+    assert str(e.value).startswith(f"Cannot create the export folder {target}:")
+    assert ".staging-" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # the folders made above the target are gone too
+    assert signal.getsignal(signal.SIGTERM) == handler
+
+
+def test_a_failed_export_removes_the_folders_it_made_above_the_target(tmp_path, monkeypatch):
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "keep.txt").write_text("keep")
+    monkeypatch.setattr(export, "write_payloads", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        make_scrna(n_cells=60, n_genes=8).cellucid.export(
+            tmp_path / "exports" / "new" / "pbmc", progress=False
+        )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["exports", "keep.txt"]

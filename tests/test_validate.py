@@ -130,7 +130,7 @@ def test_cli_validate(good, tmp_path, capsys):
     (out / "obs_manifest.json").unlink()
     assert main(["validate", str(out)]) == 1
     captured = capsys.readouterr()
-    assert "problem:" in captured.out and "obs_manifest.json" in captured.out and "1 problems" in captured.err
+    assert "problem:" in captured.out and "obs_manifest.json" in captured.out and "1 problem;" in captured.err
 
 
 def test_export_refuses_to_publish_an_invalid_folder(scrna, tmp_path, monkeypatch):

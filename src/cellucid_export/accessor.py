@@ -94,7 +94,9 @@ class CellucidAccessor:
             strings like ``"20GB"`` work). ``None`` turns the check off. Exports larger than the free disk
             space are always refused.
         overwrite
-            Replace an existing ``out_dir`` (the old folder is removed whole, after the new one is complete).
+            Replace an existing ``out_dir`` that holds a previous export, or nothing (the old folder is
+            removed whole, after the new one is complete). A folder holding anything an export does not
+            write (your notebooks, the ``.h5ad``...) and the folder you are working in are never replaced.
         progress
             Show a progress bar.
         memory_budget

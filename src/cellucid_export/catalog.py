@@ -83,5 +83,6 @@ def write_catalog(root: os.PathLike | str, *, default: str | None = None) -> Pat
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    logger.info(f"wrote {target}: {len(entries)} datasets, default {default!r}.")
+    n = len(entries)
+    logger.info(f"wrote {target}: {n} dataset{'s' * (n != 1)}, default {default!r}.")
     return target

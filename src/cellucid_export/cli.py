@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import h5py
 import numpy as np
 
 from .catalog import write_catalog
-from .errors import CellucidExportError
+from .errors import CellucidExportError, InvalidParameterError
 from .export import estimate_h5ad, export_h5ad
 from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, format_bytes
 from .reader import read_export
@@ -29,10 +30,27 @@ def _genes_arg(value: str | None, h5ad: str):
         lines = Path(value[1:]).read_text().splitlines()
         return [g.strip() for g in lines if g.strip() and not g.startswith("#")]
     with h5py.File(h5ad, "r") as f:
-        columns = set(f["var"].attrs.get("column-order", [])) if "var" in f else set()
-    if value in columns:
-        return value
-    return [g.strip() for g in value.split(",") if g.strip()]
+        columns = list(f["var"].attrs.get("column-order", [])) if "var" in f else []
+        if value in columns:
+            return value
+        genes = [g.strip() for g in value.split(",") if g.strip()]
+        close = difflib.get_close_matches(value, columns, n=1, cutoff=0.8) if len(genes) == 1 else []
+        if close and not _is_var_name(f, value):
+            # One word that is not a gene but looks like a column: a typo of the column, most likely.
+            raise InvalidParameterError(
+                f"--genes {value}: there is no var column and no gene of that name; did you mean the column "
+                f"{close[0]!r}? (var columns: {', '.join(columns)})"
+            )
+    return genes
+
+
+def _is_var_name(f: h5py.File, name: str) -> bool:
+    """Whether ``name`` is one of the file's var_names (False when they cannot be read simply)."""
+    index = f["var"].attrs.get("_index") if "var" in f else None
+    ds = f["var"].get(index) if index else None
+    if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "OSU":
+        return False
+    return name in set(ds.asstr()[()] if ds.dtype.kind in "OS" else ds[()])
 
 
 def _vector_fields_arg(value: str | None):
@@ -145,7 +163,9 @@ def _parser() -> argparse.ArgumentParser:
         help="creation time recorded in dataset_identity.json, 'YYYY-MM-DDTHH:MM:SSZ' (default: now); a fixed "
         "value makes repeated exports byte-identical",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace out_dir if it holds a previous export (or nothing)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     p = sub.add_parser("estimate", help="print the size of an export without writing anything")
@@ -153,7 +173,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="export scanpy's bundled pbmc68k_reduced (needs scanpy) and inspect it")
     p.add_argument("out_dir", nargs="?", default="exports/pbmc68k_reduced")
-    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace out_dir if it holds a previous export (or nothing)"
+    )
 
     p = sub.add_parser(
         "validate", help="check an export folder against the format (exit status 1 on problems)"
@@ -263,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             for problem in problems:
                 print(f"problem: {problem}")
             if problems:
+                n = len(problems)
                 print(
-                    f"{args.export_dir}: {len(problems)} problems; the viewer may not open it.",
+                    f"{args.export_dir}: {n} problem{'s' * (n != 1)}; the viewer may not open it.",
                     file=sys.stderr,
                 )
                 return 1

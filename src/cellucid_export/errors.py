@@ -18,6 +18,9 @@ __all__ = [
     "InvalidParameterError",
     "MatrixChoiceError",
     "OrientationError",
+    "OverwriteRefusedError",
+    "TargetNotWritableError",
+    "TargetParentNotFolderError",
     "UnknownGeneError",
 ]
 
@@ -72,3 +75,19 @@ class DiskFullError(CellucidExportError, OSError):
 
 class CellucidExportWarning(UserWarning):
     """Something the viewer may not show the way the user expects."""
+
+
+class OverwriteRefusedError(ExportExistsError):
+    """``overwrite=True``, but the existing target is not a previous export or holds the working directory.
+
+    Replacing removes the whole folder, so only an empty folder or a folder written by a cellucid export
+    is ever replaced; anything else is left untouched.
+    """
+
+
+class TargetNotWritableError(CellucidExportError, PermissionError):
+    """The export folder cannot be created: no permission to write where it goes."""
+
+
+class TargetParentNotFolderError(CellucidExportError, NotADirectoryError):
+    """The export folder cannot be created: a path above it is a file, not a folder."""

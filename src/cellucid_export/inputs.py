@@ -124,7 +124,14 @@ def parts_from_h5ad(f: h5py.File) -> AnnDataParts:
 
 
 def check_h5ad_path(path: os.PathLike) -> None:
-    """A clear error for a missing or non-HDF5 file."""
+    """A clear error for a missing or non-HDF5 file, or for an AnnData passed instead of a path."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        hint = (
+            " For an AnnData in memory (or opened with backed='r'), use adata.cellucid.export(out_dir, ...)."
+            if type(path).__name__ == "AnnData"
+            else ""
+        )
+        raise InvalidParameterError(f"Expected the path of an .h5ad file, got {type(path).__name__}.{hint}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file: {path}. Check the path to your .h5ad file.")
     if not h5py.is_hdf5(path):

@@ -137,9 +137,11 @@ class ExportPlan:
         comp = f"gzip level {self.compression}" if self.compression else "no compression"
         src = f" from {self.source}" if self.source else ""
         return (
-            f"ExportPlan: {self.n_genes:,} genes x {self.n_cells:,} cells{src}, {self.dtype}, {comp}\n"
-            f"  {format_bytes(self.payload_bytes)} before compression, {self.n_files:,} files\n"
-            + "\n".join("  " + line for line in self.table().splitlines())
+            f"ExportPlan: {self.n_genes:,} gene{'s' * (self.n_genes != 1)} x {self.n_cells:,} cells{src}, "
+            f"{self.dtype}, {comp}\n"
+            # The plan covers the genes; a viewer-ready export adds a few files of cell data.
+            f"  {format_bytes(self.payload_bytes)} of gene files before compression, {self.n_files:,} files "
+            "(genes and their manifest)\n" + "\n".join("  " + line for line in self.table().splitlines())
         )
 
     def _repr_pretty_(self, p, cycle):  # IPython

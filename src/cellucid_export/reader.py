@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .codec import gzip_decompress
+from .errors import UnknownGeneError
 from .quantize import STEPS, dequantize
 from .resolve import safe_name
 
@@ -74,10 +76,18 @@ class Export:
         try:
             return self._entries[gene_id]
         except KeyError:
-            raise KeyError(
-                f"{gene_id!r} is not in this export ({len(self.gene_ids)} genes, e.g. "
-                f"{', '.join(self.gene_ids[:5])})."
+            raise UnknownGeneError(
+                f"{gene_id!r} is not in this export ({len(self.gene_ids):,} genes{self._suggest(gene_id)})."
             ) from None
+
+    def _suggest(self, gene_id) -> str:
+        """The closest gene ids (a different case first: 'CD79a' for 'CD79A'), else a few examples."""
+        key = str(gene_id)
+        same = [g for g in self.gene_ids if g.lower() == key.lower()]
+        close = same or difflib.get_close_matches(key, self.gene_ids, n=3, cutoff=0.75)
+        if close:
+            return f"; did you mean {', '.join(map(repr, close))}?"
+        return f", e.g. {', '.join(self.gene_ids[:5])}"
 
     def raw(self, gene_id: str) -> np.ndarray:
         """The stored payload of a gene: codes (uint8/uint16) or float32 values."""

@@ -267,19 +267,108 @@ def _check_orientation(parts: AnnDataParts, cand: _Candidate, source: GeneBlockS
 # ----------------------------------------------------------------------------------------- genes
 
 
+def _as_mask(values, what: str) -> np.ndarray | None:
+    """``values`` as a numpy boolean array when they are a mask, or ``None`` when they are not booleans.
+
+    NumPy booleans, pandas' nullable ``"boolean"`` dtype and objects that are all True/False count as a
+    mask. A mask with missing values (``pd.NA``, None, NaN) is refused rather than guessed.
+
+    Raises
+    ------
+    InvalidParameterError
+        The values are booleans with some missing.
+
+    """
+    dtype = getattr(values, "dtype", None)
+    kind = getattr(dtype, "kind", "O")  # "b" for numpy and pandas booleans, "O" for objects and categoricals
+    if kind == "b" and isinstance(dtype, np.dtype):
+        return np.asarray(values)
+    if kind not in "bO":
+        return None
+    is_boolean_dtype = kind == "b"
+    obj = np.asarray(values, dtype=object)
+    if obj.ndim != 1:
+        return None
+    missing = pd.isna(obj)
+    if not all(isinstance(x, bool | np.bool_) for x in obj[~missing]):
+        return None
+    if not is_boolean_dtype and (missing.all() or obj.size == 0):
+        return None  # no booleans at all (e.g. an empty list): not a mask
+    if missing.any():
+        raise InvalidParameterError(
+            f"{what} has missing values; fill them (e.g. .fillna(False)) first "
+            f"(missing in {int(missing.sum())} of {obj.size} entries)."
+        )
+    return obj.astype(bool)
+
+
 def _bool_mask(values, n: int, what: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype != bool:
-        if arr.dtype == object and pd.isna(arr).any():
-            raise InvalidParameterError(f"{what} has missing values; fill them (e.g. .fillna(False)) first.")
-        raise InvalidParameterError(f"{what} must be boolean, got values of type {arr.dtype}.")
+    arr = _as_mask(values, what)
+    if arr is None:
+        raise InvalidParameterError(f"{what} must be boolean, got values of type {values.dtype}.")
     if arr.shape != (n,):
         raise InvalidParameterError(f"{what} has {arr.size} entries but there are {n} genes.")
     return arr
 
 
-def _select(genes, cand: _Candidate, base_var: pd.DataFrame, id_lookup: pd.Index) -> tuple[np.ndarray, str]:
-    """Positions (in the candidate's var) of the requested genes, in export order, and a description."""
+def _names_where(cand: _Candidate) -> str:
+    return "raw.var_names" if cand.is_raw else "var_names"
+
+
+def _unique_fix(where: str) -> str:
+    """How to make the gene ids in ``where`` unique.
+
+    ``where`` is ``"var_names"``, ``"raw.var_names"`` or a column such as ``"var['symbol']"``.
+    """
+    if where == "var_names":
+        return "Make them unique first: adata.var_names_make_unique()."
+    if where == "raw.var_names":
+        return (
+            "Make them unique first: raw = adata.raw.to_adata(); raw.var_names_make_unique(); "
+            "adata.raw = raw. Or export another matrix with layer=."
+        )
+    column = f"adata.{where}"
+    return (
+        f"Make the column unique, e.g. {column} = anndata.utils.make_index_unique({column}.astype(str)); "
+        "or choose another gene_id_column, or leave gene_id_column=None to use var_names."
+    )
+
+
+def _check_unique(ids: pd.Index, where: str) -> None:
+    """Refuse duplicated gene ids (missing values aside), before any gene is looked up by them.
+
+    Raises
+    ------
+    DuplicateGeneError
+        Some ids appear more than once.
+
+    """
+    ids = pd.Index(ids)
+    dup = ids[ids.duplicated() & ~ids.isna()].unique()
+    if len(dup):
+        raise DuplicateGeneError(
+            f"Gene ids in {where} are not unique: {_show(dup)} appear more than once. {_unique_fix(where)}"
+        )
+
+
+def _integers(genes, arr: np.ndarray) -> list:
+    """The integers among the requested genes (positions, which are not accepted)."""
+    if arr.dtype.kind in "iu":
+        return arr.tolist()
+    items = genes if isinstance(genes, list) else arr.tolist() if arr.dtype == object else []
+    return [g for g in items if isinstance(g, int | np.integer) and not isinstance(g, bool | np.bool_)]
+
+
+def _select(
+    genes, cand: _Candidate, base_var: pd.DataFrame, id_lookup: pd.Index, id_where: str | None = None
+) -> tuple[np.ndarray, str]:
+    """Positions (in the candidate's var) of the requested genes, in export order, and a description.
+
+    ``genes`` is None, the name of a boolean var column, a boolean mask (a Series is aligned by gene name,
+    an array is taken in var order) or a list of gene ids. Sets (no order) and integer positions are refused.
+    Listed ids are looked up in var_names, then in ``id_lookup`` (the gene_id_column values, found in
+    ``id_where``, e.g. ``"var['symbol']"``; None when there is no gene_id_column).
+    """
     var_names = cand.var.index
     n = len(var_names)
 
@@ -287,6 +376,7 @@ def _select(genes, cand: _Candidate, base_var: pd.DataFrame, id_lookup: pd.Index
         """A mask over ``names`` (usually adata.var) applied to the candidate's genes by name."""
         if len(names) == n and names.equals(var_names):
             return np.flatnonzero(mask)
+        _check_unique(names, "var_names")
         wanted = names[mask]
         pos = var_names.get_indexer(wanted)
         missing = wanted[pos < 0]
@@ -302,45 +392,81 @@ def _select(genes, cand: _Candidate, base_var: pd.DataFrame, id_lookup: pd.Index
         if genes in base_var.columns:
             col = base_var[genes]
             return realign(
-                _bool_mask(col.to_numpy(), len(base_var), f"var[{genes!r}]"),
+                _bool_mask(col, len(base_var), f"var[{genes!r}]"),
                 base_var.index,
                 f"var[{genes!r}]",
             ), f"genes where var[{genes!r}] is True"
         if cand.is_raw and genes in cand.var.columns:
-            return np.flatnonzero(_bool_mask(cand.var[genes].to_numpy(), n, f"raw.var[{genes!r}]")), (
+            return np.flatnonzero(_bool_mask(cand.var[genes], n, f"raw.var[{genes!r}]")), (
                 f"genes where raw.var[{genes!r}] is True"
             )
         raise InvalidParameterError(
             f"genes={genes!r} is not a column of var (columns: {_show(base_var.columns)}). Pass the name of a "
             f"boolean var column, a boolean mask, or a list of gene ids (e.g. genes=[{genes!r}])."
         )
-    if isinstance(genes, pd.Series) and genes.dtype == bool:
-        if genes.index.has_duplicates:
-            raise DuplicateGeneError(
-                f"The genes mask has duplicate index entries: {_show(genes.index[genes.index.duplicated()])}."
-            )
-        ref = base_var.index if genes.index.isin(base_var.index).all() else var_names
-        if not genes.index.isin(ref).all():
-            raise UnknownGeneError(
-                f"The genes mask is indexed by names that are not genes here: {_show(genes.index[~genes.index.isin(ref)])}."
-            )
-        aligned = genes.reindex(ref, fill_value=False).to_numpy()
-        return realign(aligned, ref, f"the genes mask {genes.name or ''}".strip()), (
-            f"genes where {genes.name or 'the mask'} is True"
-        )
-    arr = np.asarray(list(genes) if not hasattr(genes, "__array__") else genes)
-    if arr.dtype == bool:
-        if arr.shape == (len(base_var),):
-            return realign(arr, base_var.index, "The genes mask"), "genes selected by the mask"
-        if arr.shape == (n,):
-            return np.flatnonzero(arr), "genes selected by the mask"
+    if isinstance(genes, set | frozenset):
         raise InvalidParameterError(
-            f"The genes mask has {arr.size} entries but var has {len(base_var)} genes"
+            "genes= is a set, and a set has no order: the order of the exported genes, and so the files "
+            "written, would change from one run to the next. genes must be None, a boolean "
+            "mask, a var column name or a list of gene ids: pass a list, e.g. genes=sorted(genes)."
+        )
+    if isinstance(genes, pd.Series):
+        label = "The genes mask" + (f" {genes.name!r}" if genes.name is not None else "")
+        mask = _as_mask(genes, label)
+        if mask is not None:
+            index = genes.index
+            if index.has_duplicates:
+                raise DuplicateGeneError(
+                    f"The genes mask has duplicate index entries: {_show(index[index.duplicated()])}."
+                )
+            ref = base_var.index if index.isin(base_var.index).all() else var_names
+            if not index.isin(ref).all():
+                raise UnknownGeneError(
+                    "The genes mask is indexed by names that are not genes here: "
+                    f"{_show(index[~index.isin(ref)])}."
+                )
+            on_var = len(ref) == len(base_var) and ref.equals(base_var.index)
+            _check_unique(ref, "var_names" if on_var else _names_where(cand))
+            aligned = pd.Series(mask, index=genes.index).reindex(ref, fill_value=False).to_numpy()
+            return realign(aligned, ref, f"the genes mask {genes.name or ''}".strip()), (
+                f"genes where {genes.name or 'the mask'} is True"
+            )
+    if not hasattr(genes, "__array__"):
+        try:
+            genes = list(genes)
+        except TypeError:
+            raise InvalidParameterError(
+                "genes must be None, a boolean mask, a var column name or a list of gene ids, "
+                f"got {type(genes).__name__} {genes!r}."
+            ) from None
+    mask = _as_mask(genes, "The genes mask")
+    if mask is not None:
+        if mask.shape == (len(base_var),):
+            return realign(mask, base_var.index, "The genes mask"), "genes selected by the mask"
+        if mask.shape == (n,):
+            return np.flatnonzero(mask), "genes selected by the mask"
+        raise InvalidParameterError(
+            f"The genes mask has {mask.size} entries but var has {len(base_var)} genes"
             + (f" and {cand.name} has {n}." if n != len(base_var) else ".")
         )
+    arr = np.asarray(genes)
     if arr.ndim != 1:
         raise InvalidParameterError(
             "genes must be None, a boolean mask, a var column name or a list of gene ids."
+        )
+    ints = _integers(genes, arr)
+    if ints:
+        as_text = [str(g) for g in ints]
+        shown = ", ".join(as_text[:3]) + (", ..." if len(ints) > 3 else "")
+        hint = (
+            " If these numbers are gene names, pass them as text: genes=[str(g) for g in genes]."
+            if var_names.isin(as_text).any() or id_lookup.isin(as_text).any()
+            else ""
+        )
+        raise InvalidParameterError(
+            f"genes= holds integers ({shown}): genes are chosen by id, not by position. genes must be None, "
+            "a boolean mask, a var column name or a list of gene ids. To export genes by position, "
+            f"pass their ids: genes=adata.{_names_where(cand)}[positions].{hint}"
         )
     ids = pd.Index([str(g) for g in arr])
     dup = ids[ids.duplicated()].unique()
@@ -349,9 +475,20 @@ def _select(genes, cand: _Candidate, base_var: pd.DataFrame, id_lookup: pd.Index
             f"These genes are listed more than once in genes=: {_show(dup)}. List each gene once."
         )
     pos = var_names.get_indexer(ids)
-    # Also accept ids from gene_id_column (e.g. symbols while var_names are Ensembl ids).
-    by_alias = id_lookup.get_indexer(ids) if id_lookup.is_unique else np.full(len(ids), -1)
-    pos = np.where(pos >= 0, pos, by_alias)
+    if id_where is not None:
+        # Also accept ids from gene_id_column (e.g. symbols while var_names are Ensembl ids). Genes without
+        # an id there (raw genes missing from adata.var) are left out; an id held by several genes is refused.
+        known = np.flatnonzero(~pd.isna(id_lookup))
+        aliases = pd.Index([str(x) for x in id_lookup[known]])
+        shared = aliases.duplicated(keep=False)
+        ambiguous = ids[(pos < 0) & ids.isin(aliases[shared])]
+        if len(ambiguous):
+            raise DuplicateGeneError(
+                f"Gene ids in {id_where} are not unique: {_show(ambiguous)} appear more than once, so genes= "
+                f"cannot tell which gene is meant. {_unique_fix(id_where)}"
+            )
+        hit = aliases[~shared].get_indexer(ids)
+        pos = np.where(pos >= 0, pos, np.where(hit >= 0, known[~shared][np.maximum(hit, 0)], -1))
     missing = ids[pos < 0]
     if len(missing):
         raise UnknownGeneError(
@@ -372,6 +509,9 @@ def _gene_ids(cand: _Candidate, base_var: pd.DataFrame, gene_id_column: str | No
     if gene_id_column in cand.var.columns:
         return pd.Index(cand.var[gene_id_column].to_numpy())
     if gene_id_column in base_var.columns:
+        # raw.var lacks the column: take it from adata.var, matching genes by name.
+        _check_unique(base_var.index, "var_names")
+        _check_unique(cand.var.index, _names_where(cand))
         col = base_var[gene_id_column]
         pos = base_var.index.get_indexer(cand.var.index)
         vals = np.where(pos >= 0, col.to_numpy(dtype=object)[np.maximum(pos, 0)], None)
@@ -381,8 +521,15 @@ def _gene_ids(cand: _Candidate, base_var: pd.DataFrame, gene_id_column: str | No
     )
 
 
-def _check_ids(ids: Sequence, column: str | None) -> list[str]:
-    where = f"var[{column!r}]" if column else "var_names"
+def _ids_where(cand: _Candidate, gene_id_column: str | None) -> str:
+    """Where the exported ids come from, as the user would write it: var_names, raw.var['x']..."""
+    if gene_id_column is None:
+        return _names_where(cand)
+    in_raw = cand.is_raw and gene_id_column in cand.var.columns
+    return f"{'raw.' if in_raw else ''}var[{gene_id_column!r}]"
+
+
+def _check_ids(ids: Sequence, where: str) -> list[str]:
     bad_type = [x for x in ids if not isinstance(x, str)]
     if bad_type:
         raise InvalidGeneIdError(
@@ -404,13 +551,7 @@ def _check_ids(ids: Sequence, column: str | None) -> list[str]:
             f"Gene ids in {where} have leading or trailing spaces: {_show(padded)}. Strip them, e.g. "
             "adata.var_names = adata.var_names.str.strip()."
         )
-    idx = pd.Index(ids)
-    dup = idx[idx.duplicated()].unique()
-    if len(dup):
-        raise DuplicateGeneError(
-            f"Gene ids in {where} are not unique: {_show(dup)} appear more than once. Make them unique "
-            "(adata.var_names_make_unique()) or choose another gene_id_column."
-        )
+    _check_unique(pd.Index(ids), where)
     return list(ids)
 
 
@@ -463,10 +604,15 @@ def resolve(parts: AnnDataParts, *, layer=None, genes=None, gene_id_column=None,
         source = _ColumnSubset(source, parts.var_idx)
     _check_orientation(parts, cand, source)
     all_ids = _gene_ids(cand, parts.var, gene_id_column)
-    pos, what = _select(genes, cand, parts.var, all_ids)
+    where = _ids_where(cand, gene_id_column)
+    # Duplicated var_names make any selection by name ambiguous (and pandas cannot look names up in them):
+    # refuse them whatever is selected. A gene_id_column only needs unique ids among the exported genes.
+    if gene_id_column is None or genes is not None:
+        _check_unique(cand.var.index, _names_where(cand))
+    pos, what = _select(genes, cand, parts.var, all_ids, where if gene_id_column is not None else None)
     if len(pos) == 0:
         raise InvalidParameterError(f"No genes selected ({what}). Select at least one gene to export.")
-    ids = _check_ids(list(all_ids[pos]), gene_id_column)
+    ids = _check_ids(list(all_ids[pos]), where)
     if layout == "name":
         check_name_layout(ids)
     return Selection(source, cand.name, reason, pos, ids, gene_id_column, parts.n_obs, [what])

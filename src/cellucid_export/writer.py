@@ -2,7 +2,8 @@
 
 An export is written into a hidden staging folder beside the target and renamed into place only
 when complete. Any exception, Ctrl-C or SIGTERM removes the staging folder and leaves the target
-exactly as it was.
+exactly as it was. ``overwrite=True`` replaces only an empty folder or a previous export: replacing
+removes the whole folder, so a folder holding anything else (a notebook, the input ``.h5ad``) is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import errno
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import threading
@@ -23,7 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from .codec import Codec
-from .errors import DiskFullError, ExportExistsError
+from .errors import (
+    DiskFullError,
+    ExportExistsError,
+    OverwriteRefusedError,
+    TargetNotWritableError,
+    TargetParentNotFolderError,
+)
 from .quantize import PAYLOAD_KINDS, QuantizedBlock
 
 __all__ = ["Prefetch", "StagingFolder", "payload_suffix", "write_json", "write_payloads"]
@@ -81,7 +89,8 @@ class StagingFolder:
     """Write an export beside ``target`` and publish it atomically.
 
     Use as a context manager; call :meth:`publish` at the end of the ``with`` block. Leaving the block
-    without publishing (an exception, Ctrl-C) deletes the staging folder.
+    without publishing (an exception, Ctrl-C) deletes the staging folder, and the folders above the
+    target that it created.
     """
 
     def __init__(self, target: os.PathLike, *, overwrite: bool):
@@ -90,16 +99,33 @@ class StagingFolder:
         check_target(self.target, overwrite)
         self.path = self.target.parent / f".{self.target.name}.staging-{uuid.uuid4().hex[:8]}"
         self._signals = _terminate_as_interrupt()
+        self._created: list[Path] = []
+        self._published = False
 
     def __enter__(self) -> StagingFolder:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
         self._signals.__enter__()
-        self.path.mkdir()
+        try:
+            missing = self.target.parent
+            while not os.path.lexists(missing) and missing != missing.parent:
+                self._created.append(missing)
+                missing = missing.parent
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir()
+        except BaseException as e:
+            # __exit__ does not run when __enter__ fails: undo here, then explain with the user's path
+            # (the error names the hidden staging folder, which the user never asked for).
+            self._remove_created()
+            self._signals.__exit__(type(e), e, e.__traceback__)
+            if isinstance(e, OSError):
+                check_parent(self.target, denied=isinstance(e, PermissionError))
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb):
         try:
             shutil.rmtree(self.path, ignore_errors=True)
+            if not self._published:
+                self._remove_created()
         finally:
             self._signals.__exit__(exc_type, exc, tb)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -109,8 +135,18 @@ class StagingFolder:
             ) from exc
         return False
 
+    def _remove_created(self) -> None:
+        """Remove the (empty) folders above the target that :meth:`__enter__` made, deepest first."""
+        for folder in self._created:
+            try:
+                folder.rmdir()
+            except OSError:  # something else was put there meanwhile: keep it and everything above
+                break
+        self._created = []
+
     def publish(self) -> None:
         """Move the finished export to the target, replacing an old one only if overwrite=True."""
+        # Checked again: the folder may have changed while the export ran (a notebook saved into it).
         check_target(self.target, self.overwrite)
         old = None
         if self.target.exists() or self.target.is_symlink():
@@ -122,6 +158,7 @@ class StagingFolder:
             if old is not None:
                 os.replace(old, self.target)
             raise
+        self._published = True
         if old is not None:
             # The old export is already out of the way; a file it held never mixes with the new one.
             if old.is_dir() and not old.is_symlink():
@@ -130,18 +167,176 @@ class StagingFolder:
                 old.unlink()
 
 
-def check_target(target: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing target without ``overwrite=True``."""
-    if target.exists() and not overwrite:
-        raise ExportExistsError(
-            f"{target} already exists. Pass overwrite=True (--overwrite on the command line) to replace it "
-            "(the old folder is removed whole), "
-            "or choose another folder."
+#: Files at the top of an export folder (``dataset.py`` and ``export.py`` write these, and so do the
+#: reference writers ``cellucid==0.0.9`` and ``0.9.1``).
+EXPORT_FILES = frozenset(
+    {"var_manifest.json", "obs_manifest.json", "dataset_identity.json", "connectivity_manifest.json"}
+    | {f"points_{d}d.bin{gz}" for d in (1, 2, 3) for gz in ("", ".gz")}
+)
+#: Folders at the top of an export folder; they hold only binary payloads.
+EXPORT_FOLDERS = frozenset({"var", "obs", "connectivity", "vectors"})
+#: Every export has at least one of these; payload folders alone are not recognised as an export.
+_MANIFESTS = frozenset({"var_manifest.json", "obs_manifest.json", "dataset_identity.json"})
+#: Files the operating system adds to any folder a person browses (Finder, Explorer); never the user's data.
+_OS_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+_PAYLOAD_NAME = re.compile(r"\.(?:u8|u16|f32|bin)(?:\.gz)?$")
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Entries of ``folder`` that no cellucid export writes; empty for an export or an empty folder.
+
+    Parameters
+    ----------
+    folder
+        An existing folder.
+
+    Returns
+    -------
+    Paths relative to ``folder`` (folders end in ``/``), those at the top first.
+
+    """
+    top, nested = [], []
+    with os.scandir(folder) as it:
+        entries = [e for e in it if e.name not in _OS_FILES]
+    for e in entries:
+        if e.name in EXPORT_FILES and e.is_file(follow_symlinks=False):
+            continue
+        if e.name in EXPORT_FOLDERS and e.is_dir(follow_symlinks=False):
+            for dirpath, _, filenames in os.walk(e.path):
+                rel = Path(dirpath).relative_to(folder).as_posix()
+                nested += [
+                    f"{rel}/{n}" for n in filenames if n not in _OS_FILES and not _PAYLOAD_NAME.search(n)
+                ]
+            continue
+        top.append(e.name + ("/" if e.is_dir() else ""))
+    if not top and not nested and entries and not any(e.name in _MANIFESTS for e in entries):
+        top = [e.name + "/" * e.is_dir() for e in entries]
+    return sorted(top) + sorted(nested)
+
+
+def _show_names(names: list[str], n: int = 4) -> str:
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _holds_cwd(target: Path) -> bool:
+    """Whether ``target`` is the working directory or a folder above it."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the working directory was deleted
+        return False
+    real = target.resolve()
+    return real == cwd or real in cwd.parents
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_parent(target: Path, *, denied: bool = False) -> None:
+    """Refuse a target whose folder cannot be created: a file above it, or no permission to write.
+
+    Parameters
+    ----------
+    target
+        The absolute path of the export folder.
+    denied
+        Writing there was already refused (``os.access`` can say yes where the disk still says no, e.g.
+        a network disk that maps root to nobody).
+
+    Raises
+    ------
+    TargetParentNotFolderError
+        A path above the target is a file (or a broken link), so no folder can be made there.
+    TargetNotWritableError
+        The nearest existing folder above the target is not writable.
+
+    """
+    where = _nearest_existing(target.parent)
+    if not os.path.isdir(where):
+        raise TargetParentNotFolderError(
+            f"Cannot create the export folder {target}: {where} is a file, not a folder. "
+            "Choose an output folder that is not inside a file, e.g. exports/<dataset name>."
         )
-    if target.exists() and not target.is_dir():
+    if denied or not os.access(where, os.W_OK | os.X_OK):
+        raise TargetNotWritableError(
+            f"Cannot create the export folder {target}: you do not have permission to write in {where}. "
+            "Choose a folder you can write to, e.g. exports/<dataset name> inside your project folder, "
+            "or ask the owner of that folder for write access."
+        )
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    """Refuse a target the export cannot create, or must not replace; writes nothing.
+
+    An existing target is replaced only with ``overwrite=True``, and only when it is empty or holds
+    nothing but what an export writes: replacing removes the whole folder, so anything else in it
+    (a notebook, the input ``.h5ad``) would be lost. Nor is the working directory (or a folder above
+    it) replaced, which would pull the folder out from under the user.
+
+    Parameters
+    ----------
+    target
+        The absolute path of the export folder.
+    overwrite
+        Whether an existing export may be replaced.
+
+    Raises
+    ------
+    ExportExistsError
+        The target exists and ``overwrite=False``, or is a file.
+    OverwriteRefusedError
+        ``overwrite=True`` but the target is not an empty folder or a previous export, or holds the
+        working directory.
+    TargetParentNotFolderError, TargetNotWritableError
+        See :func:`check_parent`.
+
+    """
+    # os.path (not Path) checks: they answer False where the path cannot even be looked at, and
+    # check_parent then explains that.
+    if os.path.exists(target) and not os.path.isdir(target):
         raise ExportExistsError(
             f"{target} exists and is a file, not an export folder. Remove it or choose another path."
         )
+    if os.path.isdir(target):
+        try:
+            foreign = foreign_entries(target)
+        except OSError as e:
+            if overwrite:
+                raise OverwriteRefusedError(
+                    f"{target} cannot be read ({e.strerror}) to check that it is a previous cellucid export, "
+                    "so overwrite=True will not replace it. Export into a new or empty folder instead, "
+                    "e.g. exports/<dataset name>."
+                ) from e
+            foreign = []
+        if foreign and not overwrite:
+            raise ExportExistsError(
+                f"{target} already exists and does not look like a cellucid export: it holds "
+                f"{_show_names(foreign)}, which an export never writes. Export into a new or empty folder "
+                "instead, e.g. exports/<dataset name> (overwrite=True would not replace this folder either)."
+            )
+        if not overwrite:
+            raise ExportExistsError(
+                f"{target} already exists. Pass overwrite=True (--overwrite on the command line) to replace it "
+                "(the old folder is removed whole), "
+                "or choose another folder."
+            )
+        if foreign:
+            raise OverwriteRefusedError(
+                f"{target} does not look like a cellucid export, so overwrite=True will not replace it: it "
+                f"holds {_show_names(foreign)}, which an export never writes, and replacing removes "
+                "everything in the folder. Export into a new or empty folder instead, e.g. "
+                "exports/<dataset name>, or delete the folder yourself if nothing in it is needed."
+            )
+        if _holds_cwd(target):
+            raise OverwriteRefusedError(
+                f"{target} is the folder you are working in (or holds it), so overwrite=True will not "
+                "replace it: replacing removes the folder from under you. Export into a new folder instead, "
+                "e.g. exports/<dataset name>."
+            )
+    check_parent(target)
 
 
 class Prefetch:
