@@ -135,3 +135,8 @@ def test_cli_dataset_options(pbmc, tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(h5ad), str(tmp_path / "bad"), "--created-at", "yesterday"]) == 2
     assert "created_at" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_cli_version():
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"cellucid-export {cellucid_export.__version__}"

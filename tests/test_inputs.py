@@ -206,3 +206,26 @@ def test_not_an_h5ad(tmp_path):
         cellucid_export.export_h5ad(tmp_path / "x.h5ad", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="No such file"):
         cellucid_export.export_h5ad(tmp_path / "missing.h5ad", tmp_path / "out")
+
+
+def test_h5ad_functions_explain_a_wrong_first_argument_and_unknown_options(scrna, tmp_path):
+    h5ad = tmp_path / "in.h5ad"
+    scrna.write_h5ad(h5ad)
+    out = tmp_path / "out"
+    with pytest.raises(
+        errors.InvalidParameterError, match=r"got AnnData\. .*adata\.cellucid\.export\(out_dir"
+    ):
+        cellucid_export.export_h5ad(scrna, out)
+    # A typo in an option names the user's call and the option meant, not an internal function.
+    with pytest.raises(
+        errors.InvalidParameterError, match=r"export_h5ad\(\) .* layers\. Did you mean layer= "
+    ):
+        cellucid_export.export_h5ad(h5ad, out, layers="log1p")
+    with pytest.raises(
+        errors.InvalidParameterError, match=r"estimate_h5ad\(\) got unknown keyword arguments: n_jobs"
+    ):
+        cellucid_export.estimate_h5ad(h5ad, n_jobs=2)
+    assert not out.exists()
+    # Every option of the accessor is accepted by export_h5ad.
+    res = cellucid_export.export_h5ad(h5ad, out, layer="log1p", genes=["G1"], obs_keys=[], progress=False)
+    assert res.path == out

@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="cellucid-export",
         description="Export an .h5ad file to the Cellucid web viewer, check exports, and list them for hosting.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("export", help="write an export folder")
     _add_selection(p)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import gc
+import inspect
 import os
 import threading
 import time
@@ -448,6 +450,27 @@ def _guard(folder: Path, dataset: DatasetPlan) -> None:
         )
 
 
+def _check_keywords(kwargs: dict, call: str, *functions) -> None:
+    """Refuse keyword arguments that none of ``functions`` takes, naming the user's call, not ours.
+
+    ``export_h5ad(**kwargs)`` hands its options on; Python's own error would name an internal function.
+    """
+    known = {
+        name
+        for fn in functions
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        hints = "".join(f" Did you mean {close[k][0]}= for {k}=?" for k in unknown if close[k])
+        raise InvalidParameterError(
+            f"{call}() got unknown keyword arguments: {', '.join(unknown)}.{hints} The options are those of "
+            f"adata.cellucid.{'estimate' if 'estimate' in call else 'export'}() (help(cellucid_export.{call}))."
+        )
+
+
 def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -> ExportResult:
     """Export gene expression straight from an ``.h5ad`` file, reading only the chosen matrix.
 
@@ -471,6 +494,7 @@ def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -
 
     """
     check_h5ad_path(path)
+    _check_keywords(kwargs, "export_h5ad", export_parts, resolve_dataset)
     with h5py.File(path, "r") as f:
         return export_parts(parts_from_h5ad(f), out_dir, **kwargs)
 
@@ -478,5 +502,6 @@ def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -
 def estimate_h5ad(path: os.PathLike | str, **kwargs) -> ExportPlan:
     """Size plan for an export from an ``.h5ad`` file (see :func:`export_h5ad`); writes nothing."""
     check_h5ad_path(path)
+    _check_keywords(kwargs, "estimate_h5ad", estimate_parts)
     with h5py.File(path, "r") as f:
         return estimate_parts(parts_from_h5ad(f), **kwargs)
