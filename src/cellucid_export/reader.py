@@ -61,7 +61,11 @@ class Export:
 
     def __repr__(self) -> str:
         kind = f"{self.bits}-bit" if self.bits else "float32"
-        return f"Export({str(self.path)!r}: {len(self.gene_ids):,} genes x {self.n_cells:,} cells, {kind}, layout={self.layout!r})"
+        n = len(self.gene_ids)
+        return (
+            f"Export({str(self.path)!r}: {n:,} gene{'s' * (n != 1)} x {self.n_cells:,} cells, {kind}, "
+            f"layout={self.layout!r})"
+        )
 
     def __contains__(self, gene_id: str) -> bool:
         return gene_id in self._entries
