@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ._logging import logger
 from .errors import CellucidExportError
+from .plan import plural
 from .resolve import _show
 from .writer import write_json
 
@@ -83,6 +84,5 @@ def write_catalog(root: os.PathLike | str, *, default: str | None = None) -> Pat
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    n = len(entries)
-    logger.info(f"wrote {target}: {n} dataset{'s' * (n != 1)}, default {default!r}.")
+    logger.info(f"wrote {target}: {plural(len(entries), 'dataset')}, default {default!r}.")
     return target

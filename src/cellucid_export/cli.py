@@ -13,7 +13,8 @@ import numpy as np
 from .catalog import write_catalog
 from .errors import CellucidExportError, InvalidParameterError
 from .export import estimate_h5ad, export_h5ad
-from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, format_bytes
+from .inputs import _read_index
+from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, format_bytes, plural
 from .reader import read_export
 from .validate import validate
 
@@ -35,22 +36,13 @@ def _genes_arg(value: str | None, h5ad: str):
             return value
         genes = [g.strip() for g in value.split(",") if g.strip()]
         close = difflib.get_close_matches(value, columns, n=1, cutoff=0.8) if len(genes) == 1 else []
-        if close and not _is_var_name(f, value):
+        if close and value not in _read_index(f["var"]):
             # One word that is not a gene but looks like a column: a typo of the column, most likely.
             raise InvalidParameterError(
                 f"--genes {value}: there is no var column and no gene of that name; did you mean the column "
                 f"{close[0]!r}? (var columns: {', '.join(columns)})"
             )
     return genes
-
-
-def _is_var_name(f: h5py.File, name: str) -> bool:
-    """Whether ``name`` is one of the file's var_names (False when they cannot be read simply)."""
-    index = f["var"].attrs.get("_index") if "var" in f else None
-    ds = f["var"].get(index) if index else None
-    if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "OSU":
-        return False
-    return name in set(ds.asstr()[()] if ds.dtype.kind in "OS" else ds[()])
 
 
 def _vector_fields_arg(value: str | None):
@@ -288,9 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             for problem in problems:
                 print(f"problem: {problem}")
             if problems:
-                n = len(problems)
                 print(
-                    f"{args.export_dir}: {n} problem{'s' * (n != 1)}; the viewer may not open it.",
+                    f"{args.export_dir}: {plural(len(problems), 'problem')}; the viewer may not open it.",
                     file=sys.stderr,
                 )
                 return 1

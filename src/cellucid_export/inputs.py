@@ -128,7 +128,7 @@ def check_h5ad_path(path: os.PathLike) -> None:
     if not isinstance(path, (str, bytes, os.PathLike)):
         hint = (
             " For an AnnData in memory (or opened with backed='r'), use adata.cellucid.export(out_dir, ...)."
-            if type(path).__name__ == "AnnData"
+            if isinstance(path, AnnData)
             else ""
         )
         raise InvalidParameterError(f"Expected the path of an .h5ad file, got {type(path).__name__}.{hint}")

@@ -63,6 +63,11 @@ def parse_bytes(value, name: str) -> int | None:
     )
 
 
+def plural(n: int, word: str) -> str:
+    """``"1 gene"``, ``"2 genes"``, ``"1,000 genes"``: a count as the messages write it."""
+    return f"{n:,} {word}{'s' * (n != 1)}"
+
+
 def format_bytes(n: float) -> str:
     """Human-readable decimal size (``1.2 GB``), as the user documentation writes sizes."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -137,7 +142,7 @@ class ExportPlan:
         comp = f"gzip level {self.compression}" if self.compression else "no compression"
         src = f" from {self.source}" if self.source else ""
         return (
-            f"ExportPlan: {self.n_genes:,} gene{'s' * (self.n_genes != 1)} x {self.n_cells:,} cells{src}, "
+            f"ExportPlan: {plural(self.n_genes, 'gene')} x {self.n_cells:,} cells{src}, "
             f"{self.dtype}, {comp}\n"
             # The plan covers the genes; a viewer-ready export adds a few files of cell data.
             f"  {format_bytes(self.payload_bytes)} of gene files before compression, {self.n_files:,} files "

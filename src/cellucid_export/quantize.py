@@ -44,7 +44,8 @@ class QuantizedBlock:
     Attributes
     ----------
     payload
-        ``(n_genes, n_cells)`` C-contiguous: codes (``uint8``/``uint16``) or ``float32`` values.
+        ``(n_genes, n_cells)``, each gene's row contiguous (a sparse block's rows are padded apart, see
+        :func:`payload_row_bytes`): codes (``uint8``/``uint16``) or ``float32`` values.
     lo, hi
         Per-gene bounds as float32 (quantized only; ``None`` for float32).
     n_nan, n_inf

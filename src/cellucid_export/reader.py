@@ -11,6 +11,7 @@ import numpy as np
 
 from .codec import gzip_decompress
 from .errors import UnknownGeneError
+from .plan import plural
 from .quantize import STEPS, dequantize
 from .resolve import safe_name
 
@@ -61,9 +62,8 @@ class Export:
 
     def __repr__(self) -> str:
         kind = f"{self.bits}-bit" if self.bits else "float32"
-        n = len(self.gene_ids)
         return (
-            f"Export({str(self.path)!r}: {n:,} gene{'s' * (n != 1)} x {self.n_cells:,} cells, {kind}, "
+            f"Export({str(self.path)!r}: {plural(len(self.gene_ids), 'gene')} x {self.n_cells:,} cells, {kind}, "
             f"layout={self.layout!r})"
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import queue
@@ -105,10 +106,10 @@ class StagingFolder:
     def __enter__(self) -> StagingFolder:
         self._signals.__enter__()
         try:
-            missing = self.target.parent
-            while not os.path.lexists(missing) and missing != missing.parent:
-                self._created.append(missing)
-                missing = missing.parent
+            # The folders mkdir is about to create, deepest first, for removal if the export fails.
+            existing = _nearest_existing(self.target.parent)
+            above = (self.target.parent, *self.target.parent.parents)
+            self._created = list(itertools.takewhile(lambda p: p != existing, above))
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.path.mkdir()
         except BaseException as e:
