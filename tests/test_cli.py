@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
 
 import numpy as np
+import scipy.sparse as sp
 from tests.conftest import folder_digest
 
 import cellucid_export
@@ -75,7 +77,8 @@ def test_cli_options_and_errors(pbmc, tmp_path, capsys):
     assert main(["export", str(h5ad), str(out), "--genes", "CD79A"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["export", str(h5ad), str(tmp_path / "y"), "--max-bytes", "1000"]) == 2
-    assert "max_bytes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "above --max-bytes 1.00 KB" in err and "--max-bytes none" in err and "max_bytes" not in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     assert main(["inspect", str(out), "--gene", "NOPE"]) == 2
     err = capsys.readouterr().err
@@ -134,9 +137,61 @@ def test_cli_dataset_options(pbmc, tmp_path, capsys):
     assert folder_digest(again) == folder_digest(out)
     capsys.readouterr()
     assert main(["export", str(h5ad), str(tmp_path / "bad"), "--created-at", "yesterday"]) == 2
-    assert "created_at" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "--created-at must be" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_cli_version():
     res = run("--version")
     assert res.returncode == 0 and res.stdout.strip() == f"cellucid-export {cellucid_export.__version__}"
+
+
+def test_cli_advice_names_options_not_python_keywords(pbmc, tmp_path, capsys):
+    """From a shell, the fix in a message is a flag to type, not a Python keyword argument."""
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    assert main(["estimate", str(h5ad), "--layer", "counts"]) == 2
+    assert "Available: 'X', 'raw'. Pass one of them as --layer." in capsys.readouterr().err
+    assert main(["estimate", str(h5ad), "--compression", "11"]) == 2
+    assert capsys.readouterr().err.startswith("error: --compression must be none (no gzip) or a gzip level")
+    assert main(["export", str(h5ad), str(tmp_path / "o"), "--embedding", "X_nope"]) == 2
+    assert "error: --embedding names 'X_nope', not in obsm" in capsys.readouterr().err
+    assert main(["export", str(h5ad), str(tmp_path / "o"), "--dataset-id", "a b"]) == 2
+    assert "For example --dataset-id a-b, or leave it out" in capsys.readouterr().err
+    assert main(["export", str(h5ad), str(tmp_path / "o"), "--connectivities", "distances2"]) == 2
+    assert "--connectivities distances2 is not in obsp" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+    # Warnings and the log speak the same way, one line each.
+    del pbmc.obsm["X_umap"]
+    pbmc.write_h5ad(h5ad)
+    assert main(["export", str(h5ad), str(tmp_path / "o"), "--genes", "CD79A", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "or name it with --embedding, then export again" in err
+    assert "embeddings=" not in err and "CellucidExportWarning" not in err
+
+
+def test_cli_connectivities_option(pbmc, tmp_path):
+    """--connectivities draws another obsp graph; --no-connectivities none."""
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    out = tmp_path / "dist"
+    args = ["--genes", "CD79A", "--no-progress"]
+    assert main(["export", str(h5ad), str(out), *args, "--connectivities", "distances"]) == 0
+    d = pbmc.obsp["distances"]
+    expected = sp.triu(d.maximum(d.T), k=1).tocoo()
+    weights = np.frombuffer(gzip.decompress((out / "connectivity" / "edges.weights.f64.bin.gz").read_bytes()))
+    np.testing.assert_array_equal(np.sort(weights), np.sort(expected.data))
+    assert main(["export", str(h5ad), str(tmp_path / "none"), *args, "--no-connectivities"]) == 0
+    assert not (tmp_path / "none" / "connectivity_manifest.json").exists()
+
+
+def test_cli_estimate_says_whether_the_export_would_run(pbmc, tmp_path, capsys):
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    assert main(["estimate", str(h5ad), "--max-bytes", "100KB"]) == 1  # 765 genes x 700 cells: 535.5 KB
+    out = capsys.readouterr().out
+    assert "above --max-bytes 100.00 KB: the export will refuse it" in out
+    assert main(["estimate", str(h5ad), "--max-bytes", "none"]) == 0
+    assert "max-bytes" not in capsys.readouterr().out
+    assert main(["estimate", str(h5ad)]) == 0
+    assert "within --max-bytes 8.00 GB" in capsys.readouterr().out

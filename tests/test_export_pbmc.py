@@ -111,6 +111,23 @@ def test_estimate_matches_export_and_writes_nothing(pbmc, tmp_path):
     assert plan16.payload_bytes == 2 * plan.payload_bytes
 
 
+def test_estimate_says_whether_max_bytes_lets_the_export_run(pbmc, tmp_path):
+    plan = pbmc.cellucid.estimate(genes="highly_variable")  # 309 genes x 700 cells = 216,300 bytes
+    assert plan.within_max_bytes and "within max_bytes=8.00 GB" in repr(plan)
+    tight = pbmc.cellucid.estimate(genes="highly_variable", max_bytes="200KB")
+    assert not tight.within_max_bytes
+    assert "above max_bytes=200.00 KB: the export will refuse it" in repr(tight)
+    # The export agrees with the estimate, either way.
+    with pytest.raises(cellucid_export.errors.ExportTooLargeError):
+        pbmc.cellucid.export(tmp_path / "a", genes="highly_variable", max_bytes="200KB", progress=False)
+    pbmc.cellucid.export(
+        tmp_path / "b", genes="highly_variable", max_bytes=plan.payload_bytes, progress=False
+    )
+    assert pbmc.cellucid.estimate(genes="highly_variable", max_bytes=plan.payload_bytes).within_max_bytes
+    unlimited = pbmc.cellucid.estimate(max_bytes=None)
+    assert unlimited.within_max_bytes and "max_bytes" not in repr(unlimited)
+
+
 def test_gene_id_column(pbmc, tmp_path):
     pbmc.var["symbol_lower"] = [g.lower() + "_sym" for g in pbmc.var_names]
     res = pbmc.cellucid.export(

@@ -31,6 +31,14 @@ def test_missing_layer_lists_what_exists(scrna, tmp_path):
     assert_nothing_written(tmp_path)
 
 
+def test_an_anndata_without_any_matrix_is_explained(tmp_path):
+    a = ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(5)]), var=pd.DataFrame(index=["g1", "g2"]))
+    for layer in (None, "X"):
+        with pytest.raises(errors.MatrixChoiceError, match="holds no expression matrix: adata.X is None"):
+            export(a, tmp_path, layer=layer)
+    assert_nothing_written(tmp_path)
+
+
 def test_auto_never_exports_counts_silently(tmp_path):
     a = make_scrna()
     a.X = a.layers["counts"].copy()
@@ -190,6 +198,9 @@ def test_shape_mismatch_in_file(scrna, tmp_path):
         ({"layout": "names"}, "layout must be 'name'"),
         ({"max_bytes": "lots"}, "max_bytes='lots' is not a size"),
         ({"memory_budget": -5}, "memory_budget must be positive"),
+        ({"memory_budget": "-1GB"}, "memory_budget must be positive, got '-1GB'"),
+        ({"max_bytes": "0GB"}, "max_bytes must be positive"),
+        ({"max_bytes": float("nan")}, "max_bytes=nan is not a size"),
         ({"n_jobs": 0}, "n_jobs must be a positive integer"),
         ({"layer": 3}, "layer must be a string"),
     ],

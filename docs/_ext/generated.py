@@ -61,8 +61,8 @@ def size_tables() -> str:
 def plan_repr() -> str:
     """What ``estimate()`` prints for 20,000 genes x 100,000 cells."""
     return (
-        "```text\n>>> cellucid_export.ExportPlan(100_000, 20_000, 8, 6)\n"
-        + repr(ExportPlan(100_000, 20_000, 8, 6))
+        "```text\n>>> cellucid_export.ExportPlan(100_000, 20_000, 8, 6, source='X', max_bytes=8 * 10**9)\n"
+        + repr(ExportPlan(100_000, 20_000, 8, 6, source="X", max_bytes=8 * 10**9))
         + "\n```\n"
     )
 

@@ -183,18 +183,22 @@ class CellucidAccessor:
         var_quantization: int | None = 8,
         compression: int | None = 6,
         layout: str = "name",
+        max_bytes: int | str | None = DEFAULT_MAX_BYTES,
     ) -> ExportPlan:
         """The size of an export, without writing anything.
 
         Takes the same selection arguments as :meth:`export` and validates them the same way, so an
         estimate that succeeds means the export will not fail on its matrix or gene selection. The dataset
         options of :meth:`export` (``embeddings=``, ``obs_keys=``...) are checked by the export itself,
-        also before anything is written.
+        also before anything is written. ``max_bytes`` is the limit :meth:`export` applies (the same
+        default); the plan says whether the export stays within it
+        (:attr:`~cellucid_export.ExportPlan.within_max_bytes`).
 
         Returns
         -------
         :class:`~cellucid_export.ExportPlan`: cells, genes, bytes per gene, total bytes before
-        compression and number of files; its repr is a table of the sizes at each bit depth.
+        compression and number of files; its repr is a table of the sizes at each bit depth and says whether
+        the export stays within ``max_bytes``.
 
         """
         return estimate_parts(
@@ -205,4 +209,5 @@ class CellucidAccessor:
             var_quantization=var_quantization,
             compression=compression,
             layout=layout,
+            max_bytes=max_bytes,
         )

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
+import logging
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -17,6 +21,48 @@ from .inputs import _read_index
 from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, format_bytes, plural
 from .reader import read_export
 from .validate import validate
+
+# Messages are written for Python callers ("pass layer='counts'"); from a shell the same advice names the option.
+_OPTIONS = {
+    name: "--" + name.replace("_", "-")
+    for name in [
+        *("layer", "genes", "gene_id_column", "var_quantization", "compression", "layout", "max_bytes"),
+        *("memory_budget", "n_jobs", "dataset_name", "dataset_id", "description", "obs_keys", "latent_key"),
+        *("obs_continuous_quantization", "obs_categorical_dtype", "vector_fields", "connectivities"),
+        *("centroid_outlier_quantile", "centroid_min_points", "source", "created_at"),
+    ]
+}
+_OPTIONS["embeddings"] = "--embedding"
+_PYTHON_VALUE = r"None|True|False|'[^']*'|\[[^\]]*\]|adata\.var\.\w+|[0-9][0-9.]*(?: [KMGT]?B)?"
+_KEYWORD = re.compile(rf"(?<![\w.\[])(?P<name>{'|'.join(_OPTIONS)}|overwrite)=(?P<value>{_PYTHON_VALUE})?")
+_LEADING = re.compile(rf"^({'|'.join(_OPTIONS)})\b")
+
+
+def _shell_value(value: str) -> str:
+    if value == "None":
+        return "none"
+    if value.startswith(("'", "[")):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        return ",".join(map(str, parsed)) if isinstance(parsed, list) else str(parsed)
+    return value.removeprefix("adata.var.")
+
+
+def _shell_words(message: str) -> str:
+    """Rewrite Python keyword advice in ``message`` as the command's options (``layer=`` -> ``--layer``)."""
+
+    def option(m: re.Match) -> str:
+        name, value = m["name"], m["value"]
+        if name == "connectivities" and value == "None":
+            return "--no-connectivities"
+        if name == "overwrite":
+            return "--overwrite"
+        return _OPTIONS[name] + (f" {_shell_value(value)}" if value else "")
+
+    message = _LEADING.sub(lambda m: _OPTIONS[m[1]], _KEYWORD.sub(option, message))
+    return re.sub(r"\b(be|or) None\b", r"\1 none", message)
 
 
 def _optional_int(text: str) -> int | None:
@@ -83,6 +129,12 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         default="name",
         help="'name': var/<gene>.values.u8.gz (default); 'index': var/<i>.values.u8.gz (current viewers)",
     )
+    p.add_argument(
+        "--max-bytes",
+        default=str(DEFAULT_MAX_BYTES),
+        help=f"refuse exports above this size before compression (default {format_bytes(DEFAULT_MAX_BYTES)}; "
+        "'none' turns the check off)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,12 +149,6 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write an export folder")
     _add_selection(p)
     p.add_argument("out_dir", help="the export folder to create")
-    p.add_argument(
-        "--max-bytes",
-        default=str(DEFAULT_MAX_BYTES),
-        help=f"refuse exports above this size before compression (default {format_bytes(DEFAULT_MAX_BYTES)}; "
-        "'none' turns the check off)",
-    )
     p.add_argument(
         "--memory-budget",
         default=str(DEFAULT_MEMORY_BUDGET),
@@ -121,7 +167,12 @@ def _parser() -> argparse.ArgumentParser:
         "--obs-keys", help="comma-separated obs columns (default: every column the viewer can show)"
     )
     p.add_argument("--latent-key", default="X_pca", help="obsm space for outlier quantiles (default X_pca)")
-    p.add_argument("--no-connectivities", action="store_true", help="do not export the obsp graph")
+    p.add_argument(
+        "--connectivities",
+        default="connectivities",
+        help="obsp graph drawn as edges (default: 'connectivities', when the file has it)",
+    )
+    p.add_argument("--no-connectivities", action="store_true", help="do not export a graph")
     p.add_argument(
         "--obs-continuous-quantization",
         type=_optional_int,
@@ -163,7 +214,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    p = sub.add_parser("estimate", help="print the size of an export without writing anything")
+    p = sub.add_parser(
+        "estimate",
+        help="print the size of an export without writing anything (exit status 1 if above --max-bytes)",
+    )
     _add_selection(p)
 
     p = sub.add_parser("demo", help="export scanpy's bundled pbmc68k_reduced (needs scanpy) and inspect it")
@@ -195,6 +249,7 @@ def _selection_kwargs(args) -> dict:
         "var_quantization": args.var_quantization,
         "compression": args.compression,
         "layout": args.layout,
+        "max_bytes": None if args.max_bytes.lower() == "none" else args.max_bytes,
     }
 
 
@@ -244,17 +299,38 @@ def _demo(args) -> None:
     )
 
 
+class _ShellWordsFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _shell_words(record.getMessage()), ()
+        return True
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {_shell_words(str(message))}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    logger = logging.getLogger("cellucid_export")
+    words = _ShellWordsFilter()
+    logger.addFilter(words)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return _run(args)
+    finally:
+        logger.removeFilter(words)
+        warnings.showwarning = shown
+
+
+def _run(args) -> int:
     try:
         if args.command == "export":
-            max_bytes = None if args.max_bytes.lower() == "none" else args.max_bytes
             res = export_h5ad(
                 args.h5ad,
                 args.out_dir,
                 **_selection_kwargs(args),
-                max_bytes=max_bytes,
                 memory_budget=args.memory_budget,
                 n_jobs=args.n_jobs,
                 overwrite=args.overwrite,
@@ -265,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                 embeddings=args.embedding,
                 obs_keys=args.obs_keys.split(",") if args.obs_keys else None,
                 latent_key=args.latent_key,
-                connectivities=None if args.no_connectivities else "connectivities",
+                connectivities=None if args.no_connectivities else args.connectivities,
                 obs_continuous_quantization=args.obs_continuous_quantization,
                 obs_categorical_dtype=args.obs_categorical_dtype,
                 vector_fields=_vector_fields_arg(args.vector_fields),
@@ -291,11 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             _demo(args)
         elif args.command == "estimate":
-            print(estimate_h5ad(args.h5ad, **_selection_kwargs(args)))
+            plan = estimate_h5ad(args.h5ad, **_selection_kwargs(args))
+            print(_shell_words(repr(plan)))
+            if not plan.within_max_bytes:
+                return 1
         else:
             _inspect(args)
     except (CellucidExportError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_shell_words(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing was written to the target folder.", file=sys.stderr)

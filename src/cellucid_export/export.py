@@ -152,8 +152,10 @@ def _n_jobs(n_jobs: int | None) -> int:
     return n_jobs
 
 
-def _plan(sel: Selection, var_quantization, compression) -> ExportPlan:
-    return ExportPlan(sel.n_cells, len(sel.gene_ids), var_quantization, compression, sel.source_name)
+def _plan(sel: Selection, var_quantization, compression, max_bytes=None) -> ExportPlan:
+    return ExportPlan(
+        sel.n_cells, len(sel.gene_ids), var_quantization, compression, sel.source_name, max_bytes
+    )
 
 
 def estimate_parts(
@@ -165,11 +167,13 @@ def estimate_parts(
     var_quantization=8,
     compression=6,
     layout="name",
+    max_bytes=DEFAULT_MAX_BYTES,
 ) -> ExportPlan:
     """Resolve the selection and return the size plan; writes nothing."""
     check_options(var_quantization, compression, layout)
+    max_bytes = parse_bytes(max_bytes, "max_bytes")
     sel = resolve(parts, layer=layer, genes=genes, gene_id_column=gene_id_column, layout=layout)
-    return _plan(sel, var_quantization, compression)
+    return _plan(sel, var_quantization, compression, max_bytes)
 
 
 def var_manifest(sel: Selection, layout: str, var_quantization, compression, lo, hi) -> dict:

@@ -47,20 +47,26 @@ _UNITS = {
 
 def parse_bytes(value, name: str) -> int | None:
     """Accept ``None``, a number of bytes, or a string such as ``"8GB"`` / ``"512MiB"``."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        if value is not None and value <= 0:
-            raise InvalidParameterError(f"{name} must be positive, got {value!r}.")
-        return value
-    if isinstance(value, float) and value > 0:
-        return int(value)
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)
+    if value is None:
+        return None
+    n = None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)
         if m and m.group(2).lower() in _UNITS:
-            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise InvalidParameterError(
-        f"{name}={value!r} is not a size. Pass a number of bytes or a string like '8GB' or '512MiB'"
-        + (", or None to turn the check off." if name == "max_bytes" else ".")
-    )
+            n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if n is None or not np.isfinite(n):
+        raise InvalidParameterError(
+            f"{name}={value!r} is not a size. Pass a number of bytes or a string like '8GB' or '512MiB'"
+            + (", or None to turn the check off." if name == "max_bytes" else ".")
+        )
+    if n < 1:
+        raise InvalidParameterError(
+            f"{name} must be positive, got {value!r}. Pass a number of bytes or a string like '8GB' or "
+            "'512MiB'" + (", or None to turn the check off." if name == "max_bytes" else ".")
+        )
+    return int(n)
 
 
 def plural(n: int, word: str) -> str:
@@ -97,6 +103,8 @@ class ExportPlan:
         Files the gene export writes (one per gene plus ``var_manifest.json``).
     source
         Which matrix is read, e.g. ``"raw.X"``.
+    max_bytes
+        The size limit the export will apply (``None``: no limit); see :attr:`within_max_bytes`.
 
     """
 
@@ -105,6 +113,12 @@ class ExportPlan:
     var_quantization: int | None
     compression: int | None
     source: str = ""
+    max_bytes: int | None = None
+
+    @property
+    def within_max_bytes(self) -> bool:
+        """Whether an export with these settings passes the ``max_bytes`` check (free disk space aside)."""
+        return self.max_bytes is None or self.payload_bytes <= self.max_bytes
 
     @property
     def dtype(self) -> str:
@@ -146,7 +160,19 @@ class ExportPlan:
             f"{self.dtype}, {comp}\n"
             # The plan covers the genes; a viewer-ready export adds a few files of cell data.
             f"  {format_bytes(self.payload_bytes)} of gene files before compression, {self.n_files:,} files "
-            "(genes and their manifest)\n" + "\n".join("  " + line for line in self.table().splitlines())
+            "(genes and their manifest)\n"
+            + "\n".join("  " + line for line in self.table().splitlines())
+            + self._verdict()
+        )
+
+    def _verdict(self) -> str:
+        if self.max_bytes is None:
+            return ""
+        if self.within_max_bytes:
+            return f"\n  within max_bytes={format_bytes(self.max_bytes)}"
+        return (
+            f"\n  above max_bytes={format_bytes(self.max_bytes)}: the export will refuse it. Export fewer "
+            "genes, or pass a larger max_bytes= (or max_bytes=None to turn the check off)."
         )
 
     def _repr_pretty_(self, p, cycle):  # IPython

@@ -183,6 +183,11 @@ def _candidates(parts: AnnDataParts) -> dict[str, _Candidate]:
 
 def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, GeneBlockSource, str]:
     cands = _candidates(parts)
+    if not cands:
+        raise MatrixChoiceError(
+            "This AnnData holds no expression matrix: adata.X is None, and there is no adata.raw and no "
+            "layer. Export from the AnnData that holds the expression values, or set adata.X (or a layer) first."
+        )
     if layer is not None:
         if not isinstance(layer, str):
             raise InvalidParameterError(
@@ -193,7 +198,7 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
             have = ["'X'"] * ("X" in cands) + ["'raw'"] * ("raw" in cands) + [repr(n) for n in parts.layers]
             raise MatrixChoiceError(
                 f"There is no {'adata.raw' if key == 'raw' else 'adata.X' if key == 'X' else f'layer {layer!r}'} "
-                f"to export. Available: {', '.join(have) or 'nothing'}. Pass one of them as layer=."
+                f"to export. Available: {', '.join(have)}. Pass one of them as layer=."
             )
         c = cands[key]
         return c, c.open(), f"{c.name} was requested (layer={layer!r})"
@@ -228,9 +233,7 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
 
     for key in cands:
         judge(key)
-    problems = (
-        "\n".join(f"  - {cands[k].name} {looks[k][1]}" for k in cands) or "  - the AnnData has no matrix"
-    )
+    problems = "\n".join(f"  - {cands[k].name} {looks[k][1]}" for k in cands)
     raise MatrixChoiceError(
         "Could not choose a log-normalised expression matrix to export automatically:\n"
         f"{problems}\nPass layer= to choose one explicitly (e.g. layer='counts' to export counts anyway), or "
