@@ -208,3 +208,33 @@ def test_large_payload_buffers_are_writable_and_exact():
         quantize_block(x, 8, constant_plus_one=True, out=buf).payload,
         quantize_block(x.toarray(), 8, constant_plus_one=True).payload,
     )
+
+
+@pytest.mark.parametrize("layout", ["name", "index"])
+def test_constant_genes_of_any_magnitude_export(tmp_path, layout):
+    """The name layout writes max = min + 1 for a constant gene; where +1 is lost to rounding (|min| >= 2**53)
+    it still needs some max above min, or the export would fail its own check."""
+    import json
+
+    import anndata as ad
+    import pandas as pd
+
+    import cellucid_export
+
+    consts = [0.0, 3.5, 1e10, 2.0**53, 1e16, -3.5e20, 3e38, float(np.finfo(np.float32).max)]
+    x = np.tile(np.array(consts, np.float32), (30, 1))
+    a = ad.AnnData(x, var=pd.DataFrame(index=[f"g{i}" for i in range(len(consts))]))
+    a.obs_names = [f"c{i}" for i in range(30)]
+    out = tmp_path / layout
+    a.cellucid.export(out, layer="X", layout=layout, embeddings=False, progress=False)
+    fields = json.loads((out / "var_manifest.json").read_text())["fields"]
+    ex = cellucid_export.read_export(out)
+    for entry, c in zip(fields, consts, strict=True):
+        lo, hi = entry[-2:]
+        assert lo == float(np.float32(c))
+        if layout == "index":
+            assert hi == lo
+        else:
+            assert hi == (lo + 1.0 if lo + 1.0 > lo else np.nextafter(lo, np.inf)) and math.isfinite(hi)
+        np.testing.assert_array_equal(ex.gene(entry[-3]), np.float32(c))
+    assert cellucid_export.validate(out, genes_only=True) == []

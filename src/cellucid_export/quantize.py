@@ -65,8 +65,11 @@ def _bounds(vmin, vmax, any_valid, constant_plus_one: bool):
     lo = np.where(any_valid, vmin, 0.0).astype(np.float32)
     hi = np.where(any_valid, vmax, 1.0).astype(np.float32)
     if constant_plus_one:
-        # Name-layout viewers divide by (hi - lo); the +1 keeps that finite.
-        hi = np.where(any_valid & (lo == hi), lo.astype(np.float64) + 1.0, hi)
+        # Name-layout viewers divide by (hi - lo); the +1 keeps that finite. From 2**53 on, +1 is lost
+        # in float64 rounding, and the next double above lo does the same job.
+        lo64 = lo.astype(np.float64)
+        plus_one = np.where(lo64 + 1.0 > lo64, lo64 + 1.0, np.nextafter(lo64, np.inf))
+        hi = np.where(any_valid & (lo == hi), plus_one, hi)
     else:
         hi = hi.astype(np.float64)
     return lo, hi
