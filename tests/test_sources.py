@@ -36,6 +36,9 @@ def h5ads(adata, tmp_path_factory):
         del b.layers["log1p"]
         b.write_h5ad(d / f"{kind}.h5ad")
         out[kind] = d / f"{kind}.h5ad"
+        # Compressed inside the file: a CSR matrix is then read once, its values sorted into records.
+        b.write_h5ad(d / f"{kind}-gzip.h5ad", compression="gzip")
+        out[f"{kind}-gzip"] = d / f"{kind}-gzip.h5ad"
     return out
 
 
@@ -76,6 +79,53 @@ def test_all_sources_byte_identical(adata, h5ads, tmp_path, bits):
     for name, run in variants.items():
         res = run(tmp_path / name)
         assert folder_digest(res.path) == reference, name
+
+
+def _with_repeats(x: sp.csr_matrix, rng) -> sp.csr_matrix:
+    """``x`` stored with each row's entries shuffled and about a third of them split in two parts."""
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    split = rng.random(x.nnz) < 0.3
+    part = np.where(split, rng.random(x.nnz).astype(np.float32), 1.0).astype(np.float32)
+    r = np.concatenate([rows, rows[split]])
+    c = np.concatenate([x.indices, x.indices[split]])
+    v = np.concatenate([x.data * part, x.data[split] * (1 - part[split])])
+    order = np.lexsort((rng.random(len(r)), r))  # rows in order, entries within a row shuffled
+    counts = np.bincount(r, minlength=x.shape[0])
+    m = sp.csr_matrix((v[order], c[order], np.concatenate([[0], np.cumsum(counts)])), shape=x.shape)
+    assert not m.has_canonical_format
+    return m
+
+
+@pytest.mark.parametrize("storage", ["csr", "csr-gzip", "csc"])
+def test_repeated_entries_add_up_in_every_source(adata, tmp_path, storage):
+    """A cell and gene stored twice means their sum (scipy's and anndata's reading), on disk as in memory."""
+    rng = np.random.default_rng(11)
+    x = _with_repeats(adata.X, rng)
+    np.testing.assert_allclose(x.toarray(), adata.X.toarray(), rtol=1e-5, atol=1e-6)
+    b = ad.AnnData(
+        x if storage.startswith("csr") else x.tocsc(), obs=adata.obs, var=adata.var, obsm=adata.obsm
+    )
+    if storage == "csc":
+        b.X.indices[: b.X.indptr[2]] = b.X.indices[: b.X.indptr[2]][::-1].copy()  # repeats and disorder
+        b.X.has_canonical_format = False
+    path = tmp_path / "x.h5ad"
+    b.write_h5ad(path, compression="gzip" if storage.endswith("gzip") else None)
+    expected = b.X.toarray()  # scipy adds the repeats up
+    kw = {**OPTS, "var_quantization": None, "embeddings": False}
+    for name, run in {
+        "memory": lambda p: b.cellucid.export(p, **kw),
+        "h5ad": lambda p: cellucid_export.export_h5ad(path, p, **kw),
+        "backed": lambda p: ad.read_h5ad(path, backed="r").cellucid.export(p, **kw),
+    }.items():
+        ex = cellucid_export.read_export(run(tmp_path / name).path)
+        got = np.stack([ex.gene(g) for g in ex.gene_ids], axis=1)
+        np.testing.assert_array_equal(got, expected.astype(np.float32), err_msg=name)
+        if name == "h5ad":
+            q = cellucid_export.export_h5ad(path, tmp_path / "q8", **{**kw, "var_quantization": 8}).path
+            ref = b.copy()
+            ref.X = sp.csr_matrix(expected)
+            mem = ref.cellucid.export(tmp_path / "q8-canonical", **{**kw, "var_quantization": 8}).path
+            assert folder_digest(q) == folder_digest(mem)
 
 
 def test_coo_is_read_like_csr(adata):
@@ -231,3 +281,18 @@ def test_repeated_entries_add_up(fmt, tmp_path):
     ]
     assert len(genes[0]) == 31 and genes[0] == genes[1]  # 30 genes and the manifest
     np.testing.assert_array_equal(messy.data, before)
+
+
+@pytest.mark.parametrize("key", ["indices", "data", "indptr"])
+def test_big_endian_arrays_in_a_file(adata, h5ads, tmp_path, key):
+    """Files written on big-endian machines (or by other tools) store arrays in that byte order."""
+    path = tmp_path / "be.h5ad"
+    path.write_bytes(h5ads["csr"].read_bytes())
+    with h5py.File(path, "r+") as f:
+        values = f["X"][key][...]
+        del f["X"][key]
+        f["X"].create_dataset(key, data=values.astype(values.dtype.newbyteorder(">")))
+        assert not f["X"][key].dtype.isnative
+    kw = {**OPTS, "genes": GENES}
+    got = cellucid_export.export_h5ad(path, tmp_path / "be", **kw).path
+    assert folder_digest(got) == folder_digest(adata.cellucid.export(tmp_path / "mem", **kw).path)

@@ -28,6 +28,7 @@ __all__ = [
     "csr_stats",
     "fill_rows",
     "lead_records",
+    "rows_increasing",
     "scatter_csc",
     "scatter_csr_rows",
     "scatter_records",
@@ -89,6 +90,16 @@ def csr_stats(indptr, indices, data, row0, row_lut, pos_of, vmin, vmax, n_stored
             else:
                 n_inf[p] += 1
     return ordered
+
+
+@_jit
+def rows_increasing(indptr, indices):
+    """Whether every row's column indices are strictly increasing (no repeated entry of a cell and gene)."""
+    for r in range(len(indptr) - 1):
+        for k in range(indptr[r] + 1, indptr[r + 1]):
+            if indices[k] <= indices[k - 1]:
+                return False
+    return True
 
 
 @_jit

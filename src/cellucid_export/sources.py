@@ -275,6 +275,9 @@ class StreamedCSR(GeneBlockSource):
         self._raw = {key: raw_layout(group[key]) for key in ("data", "indices")}
         # Blocks read by passes need no memory beyond the payload; records take 12 bytes a value.
         self.bytes_per_value = 0 if self.rereads else RECORD.itemsize
+        # Set once a row is found out of order: from then on every run of rows is sorted and repeated
+        # entries of a cell and gene are added up, as scipy and anndata read them.
+        self._canonicalise = False
 
     @property
     def is_sparse(self):
@@ -315,6 +318,21 @@ class StreamedCSR(GeneBlockSource):
         to chunk, so reading allocates nothing per chunk. Each call has its own buffers and file
         handles: calls for different chunks can run on different threads.
         """
+        runs = self._raw_row_runs(chunks, cancel)
+        if not self._canonicalise:
+            yield from runs
+            return
+        for r0, ptr, ind, val in runs:
+            if kernels.rows_increasing(ptr, ind):
+                yield r0, ptr, ind, val
+            else:
+                m = sp.csr_matrix((val, ind, ptr), shape=(len(ptr) - 1, self.shape[1]))
+                m.sum_duplicates()  # sorts each row, adding up repeated entries
+                yield r0, m.indptr.astype(np.int64), m.indices, m.data
+
+    def _raw_row_runs(
+        self, chunks: list[tuple[int, int]], cancel: threading.Event | None = None
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         data_ds, ind_ds = self.group["data"], self.group["indices"]
         if not isinstance(data_ds, h5py.Dataset):
             for r0, r1 in chunks:
@@ -324,7 +342,9 @@ class StreamedCSR(GeneBlockSource):
                     yield r0, self.indptr[r0 : r1 + 1] - a, ind_ds[a:b], _f32(data_ds[a:b])
             return
         longest = max((int(self.indptr[r1] - self.indptr[r0]) for r0, r1 in chunks), default=0)
-        ind_buf, val_buf = np.empty(longest, ind_ds.dtype), np.empty(longest, data_ds.dtype)
+        # Native byte order: h5py converts other orders while reading, and the compiled loops need it.
+        ind_buf = np.empty(longest, ind_ds.dtype.newbyteorder("="))
+        val_buf = np.empty(longest, data_ds.dtype.newbyteorder("="))
         with contextlib.ExitStack() as stack:
             readers = []
             for ds, layout in ((ind_ds, self._raw["indices"]), (data_ds, self._raw["data"])):
@@ -389,11 +409,13 @@ class StreamedCSR(GeneBlockSource):
         records = None if not lead or any(r[2] is None for r in results) else [r[2] for r in results]
         return stats, all(r[1] for r in results), records
 
-    def _records_pass(self, pos_of, stats, on_records, genes_per_block=1, n_blocks=1, cancel=None) -> None:
+    def _records_pass(self, pos_of, stats, on_records, genes_per_block, n_blocks, cancel=None) -> None:
         """One pass adding to ``stats`` and handing each run's records, grouped by block, to ``on_records``.
 
-        Records keep the file's order, so this pass runs on one thread.
+        Records keep the file's order, so this pass runs on one thread. Its runs of rows are always put
+        in order (a file read this way is compressed: reading costs more than the check).
         """
+        self._canonicalise = True
         for r0, ptr, ind, val in self._row_runs(self._parts(1)[0], cancel):
             kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
             on_records(
@@ -427,6 +449,13 @@ class StreamedCSR(GeneBlockSource):
             stats, rows_sorted, records = self._stats_pass(
                 pos_of, n_genes, n_threads, n_lead, c_last, max_records, cancel
             )
+            if not rows_sorted and not self._canonicalise:
+                # Rows out of order may repeat a cell and gene, and those entries add up: the statistics
+                # (and the lead records) of single entries would be wrong, so read again, in order.
+                self._canonicalise = True
+                stats, rows_sorted, records = self._stats_pass(
+                    pos_of, n_genes, n_threads, n_lead, c_last, max_records, cancel
+                )
             # Genes in file order over sorted rows: each pass visits only its genes' window of columns.
             columns = gene_idx if rows_sorted and in_file_order else None
             start = 0
@@ -443,7 +472,7 @@ class StreamedCSR(GeneBlockSource):
         stats = SparseStats.empty(n_genes)
         if n_blocks == 1:
             parts: list[np.ndarray] = []
-            self._records_pass(pos_of, stats, lambda rec, bounds: parts.append(rec), cancel=cancel)
+            self._records_pass(pos_of, stats, lambda rec, bounds: parts.append(rec), per, 1, cancel)
             yield GeneRecords(n_cells, stats, 0, n_genes, parts)
             return
         with tempfile.TemporaryDirectory(prefix="cellucid-export-", dir=scratch_dir) as tmp:
@@ -513,6 +542,7 @@ class OnDiskCSC(GeneBlockSource):
         ind = np.concatenate(ind_parts) if ind_parts else np.zeros(0, np.int64)
         ptr = np.concatenate([[0], np.cumsum(counts)])
         m = sp.csc_matrix((data, ind, ptr), shape=(self._file_rows, len(idx)))
+        m.sum_duplicates()  # repeated entries of a cell and gene add up, as scipy and anndata read them
         inv = np.empty_like(order)
         inv[order] = np.arange(len(order))
         m = m[:, inv]
