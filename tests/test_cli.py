@@ -195,3 +195,16 @@ def test_cli_estimate_says_whether_the_export_would_run(pbmc, tmp_path, capsys):
     assert "max-bytes" not in capsys.readouterr().out
     assert main(["estimate", str(h5ad)]) == 0
     assert "within --max-bytes 8.00 GB" in capsys.readouterr().out
+
+
+def test_cli_lists_take_spaces_and_none(pbmc, tmp_path):
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    args = ["--genes", "CD79A, MS4A1", "--no-progress"]
+    assert main(["export", str(h5ad), str(tmp_path / "a"), *args, "--obs-keys", "louvain, phase"]) == 0
+    fields = json.loads((tmp_path / "a" / "obs_manifest.json").read_text())["_categoricalFields"]
+    assert [f[0] for f in fields] == ["louvain", "phase"]
+    assert main(["export", str(h5ad), str(tmp_path / "b"), *args, "--obs-keys", "none"]) == 0
+    assert json.loads((tmp_path / "b" / "obs_manifest.json").read_text())["_categoricalFields"] == []
+    assert main(["export", str(h5ad), str(tmp_path / "c"), *args, "--embedding", "none"]) == 0
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["var", "var_manifest.json"]

@@ -166,6 +166,41 @@ def test_no_embedding_writes_genes_only(tmp_path):
     assert "cannot open it" in cellucid_export.validate(res.path)[0]
 
 
+def test_embeddings_false_exports_genes_quietly_and_refuses_cell_options(pbmc_master, tmp_path, recwarn):
+    res = export(pbmc_master, tmp_path / "genes", genes=["CD79A"], embeddings=False)
+    assert not res.viewer_ready and not [
+        w for w in recwarn if w.category is cellucid_export.CellucidExportWarning
+    ]
+    for opt in ({"obs_keys": ["louvain"]}, {"vector_fields": ["velocity_umap"]}, {"connectivities": "nope"}):
+        with pytest.raises(
+            errors.InvalidParameterError, match=f"embeddings=False exports genes only, so {next(iter(opt))}="
+        ):
+            export(pbmc_master, tmp_path / "x", genes=["CD79A"], embeddings=False, **opt)
+    assert not (tmp_path / "x").exists()
+    # Turning the extras off as well is no contradiction.
+    export(
+        pbmc_master,
+        tmp_path / "y",
+        genes=["CD79A"],
+        embeddings=False,
+        vector_fields=False,
+        connectivities=None,
+    )
+
+
+def test_warnings_point_at_the_users_line(tmp_path):
+    a = make_scrna(n_cells=40, n_genes=4)
+    del a.obsm["X_umap"]
+    a.write_h5ad(tmp_path / "a.h5ad")
+    for run in (
+        lambda: a.cellucid.export(tmp_path / "m", progress=False),
+        lambda: cellucid_export.export_h5ad(tmp_path / "a.h5ad", tmp_path / "h", progress=False),
+    ):
+        with pytest.warns(cellucid_export.CellucidExportWarning, match="not viewer-openable") as got:
+            run()
+        assert [w.filename for w in got] == [__file__]
+
+
 def test_categories_missing_values_and_dtypes(tmp_path):
     n = 70_000
     rng = np.random.default_rng(0)
@@ -205,6 +240,31 @@ def test_categories_missing_values_and_dtypes(tmp_path):
     m = json.loads((res.path / "obs_manifest.json").read_text())
     assert [e[3] for e in m["_categoricalFields"]] == ["uint16", "uint16"]
     assert cellucid_export.validate(res.path) == []
+
+
+@pytest.mark.parametrize("layout", ["name", "index"])
+def test_obs_columns_with_every_value_missing(pbmc_master, tmp_path, layout):
+    """An empty annotation column is left out by default, and exported (no category, no label) when asked for."""
+    a = pbmc_master.copy()
+    a.obs["note"] = pd.Series([None] * a.n_obs, index=a.obs_names, dtype=object)
+    a.obs["unused"] = pd.Categorical([np.nan] * a.n_obs, categories=["x", "y"])
+    a.obs["nothing"] = np.nan
+    res = export(a, tmp_path / "default", genes=["CD79A"], layout=layout)
+    assert {k: v for k, v in res.skipped_obs.items() if k in ("note", "unused", "nothing")} == dict.fromkeys(
+        ("note", "unused", "nothing"), "every value is missing"
+    )
+    assert cellucid_export.validate(res.path) == []
+    res = export(
+        a, tmp_path / "asked", genes=["CD79A"], layout=layout, obs_keys=["note", "unused", "nothing"]
+    )
+    assert cellucid_export.validate(res.path) == []
+    m = json.loads((res.path / "obs_manifest.json").read_text())
+    cats = {e[-5]: e[-4:] for e in m["_categoricalFields"]}
+    assert cats["note"][0] == [] and cats["unused"][0] == ["x", "y"]
+    assert cats["note"][3] == {"2": []} and cats["unused"][3] == {"2": []}  # no centroid without cells
+    i = 0 if layout == "name" else 1
+    note = read(res.path, f"obs/{'note' if layout == 'name' else 0}.codes.u8.gz", "u1")
+    assert (note == 255).all() and m["_categoricalFields"][0][i] == "note"
 
 
 def naive_outliers(latent, codes, k, min_points):

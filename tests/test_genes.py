@@ -93,7 +93,7 @@ def test_nullable_boolean_var_column(pbmc):
 def test_duplicated_var_names_with_a_gene_list_or_mask(pbmc, tmp_path):
     pbmc.var_names = with_first_name_twice(pbmc.var_names)
     dup, wanted = pbmc.var_names[0], pbmc.var_names[5]
-    message = rf"var_names are not unique: '{dup}' appear more than once.*adata\.var_names_make_unique\(\)"
+    message = rf"var_names are not unique: '{dup}' appears more than once.*adata\.var_names_make_unique\(\)"
     for call in (
         lambda: pbmc.cellucid.export(tmp_path / "a", layer="X", genes=[wanted]),
         lambda: pbmc.cellucid.estimate(layer="X", genes=[wanted]),
@@ -114,7 +114,7 @@ def test_duplicated_raw_var_names_with_a_mask(pbmc):
     raw.var_names = with_first_name_twice(raw.var_names)
     pbmc.raw = raw
     message = (
-        rf"raw\.var_names are not unique: '{raw.var_names[0]}' appear more than once.*"
+        rf"raw\.var_names are not unique: '{raw.var_names[0]}' appears more than once.*"
         r"raw\.var_names_make_unique\(\)"
     )
     with pytest.raises(errors.DuplicateGeneError, match=message):
@@ -135,7 +135,7 @@ def test_duplicated_gene_id_column(pbmc, tmp_path):
     # Asking for a symbol two genes share: ambiguous, not "not found".
     with pytest.raises(
         errors.DuplicateGeneError,
-        match=rf"var\['symbol'\] are not unique: 'S150' appear more than once, so genes= cannot tell.*{fix}",
+        match=rf"var\['symbol'\] are not unique: 'S150' appears more than once, so genes= cannot tell.*{fix}",
     ):
         pbmc.cellucid.export(tmp_path / "f", gene_id_column="symbol", genes=["S150"])
     assert_nothing_written(tmp_path)

@@ -112,7 +112,9 @@ def test_duplicate_var_names_are_refused_by_name(scrna, tmp_path):
     names = list(scrna.var_names)
     names[3] = names[1]
     scrna.var_names = names
-    with pytest.raises(errors.DuplicateGeneError, match=r"'G1' appear more than once.*var_names_make_unique"):
+    with pytest.raises(
+        errors.DuplicateGeneError, match=r"'G1' appears more than once.*var_names_make_unique"
+    ):
         export(scrna, tmp_path)
     assert_nothing_written(tmp_path)
 
@@ -150,19 +152,30 @@ def test_unknown_gene_id_column(scrna, tmp_path):
         export(scrna, tmp_path, gene_id_column="feature_name")
 
 
+def test_gene_ids_too_long_for_a_file_name(scrna, tmp_path):
+    scrna.var_names = ["G" * 300, *scrna.var_names[1:]]
+    with pytest.raises(errors.GeneIdCollisionError, match=r"'G{37}\.\.\.' is too long for a file name"):
+        export(scrna, tmp_path, layer="X")
+    assert_nothing_written(tmp_path)
+    res = export(scrna, tmp_path, layer="X", layout="index")  # the index layout keeps any id
+    assert cellucid_export.read_export(res.path).gene_ids[0] == "G" * 300
+
+
 def test_name_layout_collisions(scrna, tmp_path):
     names = list(scrna.var_names)
-    names[:6] = ["MT CO1", "MT_CO1", "hla-a", "HLA-A", "CON", "..."]
+    names[:7] = ["MT CO1", "MT_CO1", "hla-a", "HLA-A", "CON", "...", ".."]
     scrna.var_names = names
     with pytest.raises(errors.GeneIdCollisionError) as e:
         export(scrna, tmp_path)
     msg = str(e.value)
     assert "'MT CO1', 'MT_CO1'" in msg and "'hla-a', 'HLA-A'" in msg
-    assert "'CON'" in msg and "Windows" in msg and "'...'" in msg
+    assert "'CON' is a reserved file name on Windows" in msg
+    # Ids with nothing left of them are named once, as such (not also as a collision of empty names).
+    assert msg.count("'...'") == 1 and "'...', '..' have no usable character" in msg
     assert "layout='index'" in msg
     assert_nothing_written(tmp_path)
     res = export(scrna, tmp_path, layout="index")  # the suggested fix works
-    assert cellucid_export.read_export(res.path).gene_ids[:6] == names[:6]
+    assert cellucid_export.read_export(res.path).gene_ids[:7] == names[:7]
 
 
 def test_transposed_anndata_is_detected(scrna, tmp_path):

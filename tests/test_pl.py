@@ -65,6 +65,16 @@ def test_gene_draws_exported_points_and_decoded_values_beside_adata(pbmc, tmp_pa
     assert np.abs(decoded - source).max() <= cellucid_export.read_export(res.path).step("CD79A") / 2 + 1e-6
 
 
+def test_gene_takes_the_h5ad_path_of_the_anndata(pbmc, tmp_path):
+    res = pbmc.cellucid.export(tmp_path / "pbmc", genes=["CD79A"], progress=False)
+    pbmc.write_h5ad(tmp_path / "pbmc.h5ad")
+    _, from_memory = pl.gene(res.path, "CD79A", adata=pbmc, show=False)
+    _, from_file = pl.gene(res.path, "CD79A", adata=tmp_path / "pbmc.h5ad", show=False)
+    for a, b in zip(_panel(from_memory)[:2], _panel(from_file)[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert from_file.get_title() == from_memory.get_title()
+
+
 def test_gene_from_a_folder_finds_the_same_matrix_and_follows_gene_id_column(tmp_path):
     a = make_scrna(n_cells=80, n_genes=12)
     a.cellucid.export(
@@ -188,3 +198,13 @@ def test_size_plan_reads_h5ad_files(tmp_path):
     assert 0 < measured["bytes"][(8, 6)] < 100 * 20
     with pytest.raises(InvalidParameterError, match="n_sample_genes"):
         pl.measure_sizes(a, n_sample_genes=0)
+
+
+def test_damaged_points_file_is_named(pbmc, tmp_path):
+    res = pbmc.cellucid.export(tmp_path / "pbmc", genes=["CD79A"], progress=False)
+    points = res.path / "points_2d.bin.gz"
+    points.write_bytes(points.read_bytes()[:100])
+    with pytest.raises(
+        cellucid_export.errors.ExportReadError, match="points_2d.bin.gz is a truncated gzip file"
+    ):
+        pl.read_points(res.path)

@@ -145,7 +145,7 @@ def test_float32_warns_about_inf_and_all_nan(tmp_path):
     x[5, 3] = np.nan
     a.X = x
     with pytest.warns(
-        cellucid_export.CellucidExportWarning, match=r"2 genes hold \+/-Inf or only NaN.*G1.*G2"
+        cellucid_export.CellucidExportWarning, match=r"2 genes with \+/-Inf or only NaN.*G1.*G2"
     ):
         res = a.cellucid.export(tmp_path / "f32", layer="X", var_quantization=None, progress=False)
     assert set(res.nonfinite_genes) == {"G1", "G2", "G3"}

@@ -177,3 +177,136 @@ def test_shallow_check_lists_every_gene_and_reads_a_sample(pbmc_master, tmp_path
     assert any(
         f"var/{files[7].name} is missing" in p for p in cellucid_export.validate(out, decode_genes=False)
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Damaged folders: every problem is reported as a sentence, never raised.
+
+
+def test_graph_beyond_the_identity_cell_count_is_reported(good, tmp_path):
+    # A hand-edited n_cells below the graph's node indices made numpy raise a broadcast error.
+    out = tampered(good, tmp_path)
+    edit_json(out / "dataset_identity.json", lambda d: d["stats"].update(n_cells=5))
+    problems = cellucid_export.validate(out)
+    assert "connectivity_manifest.json: n_cells must be 5, got 700." in problems
+    assert (
+        "connectivity_manifest.json: every edge must have source < destination < 5 (each undirected edge once)."
+        in problems
+    )
+
+
+def _json_paths(obj, pre=()):
+    """Every value of a JSON document, by its path (the first two items of each list)."""
+    yield pre
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _json_paths(v, (*pre, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:2]):
+            yield from _json_paths(v, (*pre, i))
+
+
+def _set(obj, path, value):
+    if not path:
+        return value
+    cur = obj
+    for p in path[:-1]:
+        cur = cur[p]
+    cur[path[-1]] = value
+    return obj
+
+
+# Keys whose value the format leaves open (any JSON value, or null allowed).
+FREE_KEYS = {"cellucid_data_version", "var_gene_id_column", "centroid_outlier_quantile"}
+
+
+def _no_traceback(problems):
+    assert isinstance(problems, list) and all(isinstance(p, str) for p in problems)
+    assert not any("could not be checked completely" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("layout", ["name", "index"])
+def test_every_manifest_value_of_a_wrong_type_is_reported(good, tmp_path, layout):
+    out = tampered(good, tmp_path, layout)
+    for path in sorted(out.glob("*.json")):
+        text = path.read_text()
+        for where in _json_paths(json.loads(text)):
+            for value in (None, -1, [[1]], {"a": 1}):
+                edited = json.dumps(_set(json.loads(text), where, value))
+                if json.loads(edited) == json.loads(text):
+                    continue  # the value was already this (null, say)
+                path.write_text(edited)
+                for kwargs in ({}, {"decode_genes": False}, {"genes_only": True}):
+                    problems = cellucid_export.validate(out, **kwargs)
+                    _no_traceback(problems)
+                # -1 is a fine category or bound; the other values are wrong wherever they go.
+                if value != -1 and not (where and where[-1] in FREE_KEYS):
+                    assert cellucid_export.validate(out), f"{path.name} {where} = {value!r} not reported"
+                if path.name == "var_manifest.json":
+                    try:
+                        ex = cellucid_export.read_export(out)
+                        for g in ex.gene_ids:
+                            ex.gene(g)
+                    except cellucid_export.CellucidExportError:
+                        pass
+        for broken in ("", "[1, 2]", "[" * 100_000, "\ufffd{"):
+            path.write_text(broken)
+            problems = cellucid_export.validate(out)
+            _no_traceback(problems)
+            assert any(p.startswith(path.name) for p in problems), (path.name, broken, problems)
+        path.write_text(text)
+    assert cellucid_export.validate(out) == []
+
+
+def test_every_truncated_or_replaced_file_is_reported(good, tmp_path):
+    out = tampered(good, tmp_path, "index")
+    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.suffix != ".json"):
+        rel = path.relative_to(out).as_posix()
+        data = path.read_bytes()
+        for damaged in (b"", data[:10], data[: len(data) // 2], data[:-1], b"not gzip at all" * 10):
+            path.write_bytes(damaged)
+            problems = cellucid_export.validate(out)
+            _no_traceback(problems)
+            assert any(rel in p for p in problems), (rel, len(damaged), problems)
+            _no_traceback(cellucid_export.validate(out, decode_genes=False))
+        path.write_bytes(data)
+
+
+def test_unreadable_var_manifest_is_not_called_missing(good, tmp_path):
+    out = tampered(good, tmp_path)
+    (out / "var_manifest.json").write_text("{not json")
+    problems = cellucid_export.validate(out)
+    assert problems[0].startswith("var_manifest.json is not valid JSON (Expecting property name")
+    assert not any("missing" in p or "no manifest mentions" in p for p in problems), problems
+    (out / "var_manifest.json").write_text("[1, 2]")
+    assert cellucid_export.validate(out) == ["var_manifest.json must hold a JSON object, not a list."]
+    # The export's own check of a genes-only folder said "has no var_manifest.json" here.
+    assert (
+        cellucid_export.validate(out, genes_only=True)[0]
+        == "var_manifest.json must hold a JSON object, not a list."
+    )
+    (out / "var_manifest.json").unlink()
+    assert "dataset_identity.json says 4 genes but var_manifest.json is missing." in cellucid_export.validate(
+        out
+    )
+
+
+def test_genes_only_hint_only_when_the_obs_files_are_absent(good, tmp_path):
+    out = tampered(good, tmp_path)
+    (out / "obs_manifest.json").write_text('{"_format": ')
+    problems = cellucid_export.validate(out)
+    assert problems[0].startswith("obs_manifest.json is not valid JSON")
+    assert problems[1:] == [
+        f"{out}: the viewer cannot open a folder whose obs_manifest.json cannot be read; export again."
+    ]
+    (out / "obs_manifest.json").unlink()
+    assert cellucid_export.validate(out) == [
+        f"{out} has no obs_manifest.json, so the viewer cannot open it (an export without an embedding holds "
+        "genes only)."
+    ]
+
+
+def test_missing_folder(tmp_path):
+    assert cellucid_export.validate(tmp_path / "nope") == [
+        f"{tmp_path / 'nope'} does not exist; check the path."
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 
 logger = logging.getLogger("cellucid_export")
 if not logger.handlers:
@@ -13,3 +15,18 @@ if not logger.handlers:
     logger.addHandler(_handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+def warn(message: str) -> None:
+    """Warn with a :class:`~cellucid_export.CellucidExportWarning` pointing at the user's line.
+
+    The line is the first caller outside this package, however deep the call came from (a fixed
+    ``stacklevel`` points into the package from some entry points).
+    """
+    from .errors import CellucidExportWarning
+
+    here = os.path.dirname(__file__) + os.sep
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, CellucidExportWarning, stacklevel=level)

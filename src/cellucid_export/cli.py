@@ -59,6 +59,8 @@ def _shell_words(message: str) -> str:
             return "--no-connectivities"
         if name == "overwrite":
             return "--overwrite"
+        if name == "embeddings" and value == "False":
+            return "--embedding none"
         return _OPTIONS[name] + (f" {_shell_value(value)}" if value else "")
 
     message = _LEADING.sub(lambda m: _OPTIONS[m[1]], _KEYWORD.sub(option, message))
@@ -91,13 +93,25 @@ def _genes_arg(value: str | None, h5ad: str):
     return genes
 
 
-def _vector_fields_arg(value: str | None):
-    """--vector-fields: comma-separated obsm keys, or 'none' to export none (None: the default choice)."""
+_NONE = ("none", "no", "off", "false")
+
+
+def _list_arg(value: str | None, none):
+    """A comma-separated list (spaces around items dropped); 'none' gives ``none``; absent gives None (default)."""
     if value is None:
         return None
-    if value.lower() in ("none", "no", "off", "false"):
-        return False
+    if value.strip().lower() in _NONE:
+        return none
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _embeddings_arg(values: list[str] | None):
+    """--embedding, repeatable (or comma-separated); 'none' exports genes only."""
+    if values is None:
+        return None
+    if len(values) == 1 and values[0].strip().lower() in _NONE:
+        return False
+    return [k for v in values for k in _list_arg(v, [])]
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -161,10 +175,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--embedding",
         action="append",
-        help="obsm key to draw, e.g. X_umap (repeatable; default: every 1-3 column X_* embedding)",
+        help="obsm key to draw, e.g. X_umap (repeatable; default: every 1-3 column X_* embedding); 'none' "
+        "exports genes only",
     )
     p.add_argument(
-        "--obs-keys", help="comma-separated obs columns (default: every column the viewer can show)"
+        "--obs-keys",
+        help="comma-separated obs columns, or 'none' (default: every column the viewer can show)",
     )
     p.add_argument("--latent-key", default="X_pca", help="obsm space for outlier quantiles (default X_pca)")
     p.add_argument(
@@ -338,13 +354,13 @@ def _run(args) -> int:
                 dataset_name=args.dataset_name,
                 dataset_id=args.dataset_id,
                 description=args.description,
-                embeddings=args.embedding,
-                obs_keys=args.obs_keys.split(",") if args.obs_keys else None,
+                embeddings=_embeddings_arg(args.embedding),
+                obs_keys=_list_arg(args.obs_keys, []),
                 latent_key=args.latent_key,
                 connectivities=None if args.no_connectivities else args.connectivities,
                 obs_continuous_quantization=args.obs_continuous_quantization,
                 obs_categorical_dtype=args.obs_categorical_dtype,
-                vector_fields=_vector_fields_arg(args.vector_fields),
+                vector_fields=_list_arg(args.vector_fields, False),
                 centroid_outlier_quantile=args.centroid_outlier_quantile,
                 centroid_min_points=args.centroid_min_points,
                 source=args.source,

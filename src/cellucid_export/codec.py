@@ -19,7 +19,7 @@ import numpy as np
 
 from ._deflate import deflate_runs
 
-__all__ = ["Codec", "get_codec", "gzip_decompress"]
+__all__ = ["Codec", "get_codec", "gunzip_strict", "gzip_decompress"]
 
 # ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=255 (unknown): nothing machine- or time-specific.
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
@@ -202,12 +202,33 @@ def get_codec(level: int, library: str | None = None) -> Codec:
     raise ImportError(f"The gzip library {library!r} is not installed.")  # pragma: no cover
 
 
-def gzip_decompress(data: bytes) -> bytes:
-    """Decode a gzip file that must hold exactly one member and nothing after it."""
+def gunzip_strict(data: bytes) -> tuple[bytes | None, str | None]:
+    """Decode one gzip member as the viewer requires it; returns (bytes, None) or (None, problem)."""
+    if len(data) < 18 or data[:3] != b"\x1f\x8b\x08":
+        return None, "is not a gzip file although its name ends in .gz"
+    if data[3] & 0xE0:
+        return None, "has reserved gzip header flag bits set"
     d = zlib.decompressobj(31)
-    out = d.decompress(data) + d.flush()
+    try:
+        out = d.decompress(data) + d.flush()
+    except zlib.error as e:
+        return None, f"is a corrupt gzip file ({e})"
     if not d.eof:
-        raise ValueError("truncated gzip data: the file ends before the gzip member does")
+        return None, "is a truncated gzip file"
     if d.unused_data:
-        raise ValueError(f"{len(d.unused_data)} unexpected bytes after the gzip member")
+        second = " (a second gzip member)" if d.unused_data[:2] == b"\x1f\x8b" else ""
+        return (
+            None,
+            f"has {len(d.unused_data)} bytes after its gzip member{second}; the viewer reads one member only",
+        )
+    if struct.unpack("<I", data[-4:])[0] != len(out) & 0xFFFFFFFF:
+        return None, "has a wrong gzip ISIZE"
+    return out, None
+
+
+def gzip_decompress(data: bytes) -> bytes:
+    """Decode a gzip file that must hold exactly one member and nothing after it (see :func:`gunzip_strict`)."""
+    out, problem = gunzip_strict(data)
+    if problem is not None:
+        raise ValueError(f"The data {problem}.")
     return out

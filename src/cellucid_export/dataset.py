@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from ._logging import logger
 from .codec import get_codec
 from .errors import CellucidExportError, InvalidParameterError
+from .plan import plural
 from .quantize import MARKER, PAYLOAD_KINDS, quantize_block
 from .resolve import AnnDataParts, _show, name_layout_problems, safe_name
 from .writer import values_schema, write_json
@@ -270,7 +271,7 @@ def _finite_matrix(x, what: str, fix: str) -> np.ndarray:
     if bad.any():
         rows = np.flatnonzero(bad)
         raise DatasetError(
-            f"{what} has non-finite coordinates (NaN or Inf) in {bad.sum()} cells (rows {', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}). "
+            f"{what} has non-finite coordinates (NaN or Inf) in {plural(int(bad.sum()), 'cell')} (rows {', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}). "
             f"{fix}"
         )
     return arr
@@ -362,6 +363,9 @@ def resolve_obs(
             refuse(str(key), "its column name is not a plain text name", "Rename the column.")
             continue
         s = parts.obs_column(key)
+        if not explicit and len(s) and s.isna().all():
+            skipped[key] = "every value is missing"  # nothing to colour by; asked for by name, it is exported
+            continue
         kind = _obs_kind(s)
         if kind is None:
             refuse(
@@ -474,6 +478,8 @@ def centroids(
 ) -> list[dict]:
     """Label positions: category mean, then the mean of the cells within the ``quantile`` distance of it."""
     k = len(categories)
+    if k == 0:  # a column whose values are all missing has no category to label
+        return []
     sizes = np.bincount(codes[codes >= 0], minlength=k)
     means = _group_means(points, codes, sizes)
     dist = _distances(points, codes, means)
@@ -581,7 +587,7 @@ def resolve_vectors(parts: AnnDataParts, vector_fields, embeddings: dict[int, st
             parts.n_obs, dim
         )
         if not np.isfinite(arr).all():
-            why = f"obsm[{key!r}] has NaN or Inf in {int((~np.isfinite(arr)).any(1).sum())} cells"
+            why = f"obsm[{key!r}] has NaN or Inf in {plural(int((~np.isfinite(arr)).any(1).sum()), 'cell')}"
             if explicit:
                 raise DatasetError(
                     f"{why}; the viewer needs a finite vector for every cell. Fill them (e.g. with 0)."
@@ -665,7 +671,25 @@ def resolve_dataset(
         points[dim] = normalised[dim].astype("<f4")
 
     if not chosen:
-        # Without points there is nothing to draw: only genes are written.
+        # Without points there is nothing to draw: only genes are written, and the cell options have nothing
+        # to apply to. Turning the embedding off while setting them is a contradiction worth naming.
+        ignored = [
+            name
+            for name, value, default in (
+                ("obs_keys", obs_keys, None),
+                ("vector_fields", vector_fields, None),
+                ("connectivities", connectivities, "connectivities"),
+                ("latent_key", latent_key, "X_pca"),
+            )
+            # None or False turns an option off, which agrees with exporting genes only.
+            if value is not None and value is not False and value != default
+        ]
+        if embeddings is False and ignored:
+            raise InvalidParameterError(
+                f"embeddings=False exports genes only, so {', '.join(f'{k}=' for k in ignored)} would be ignored. "
+                "Leave out embeddings=False to export a viewer-ready dataset, or leave out "
+                f"{', '.join(f'{k}=' for k in ignored)} to export genes only."
+            )
         return DatasetPlan(
             n, {}, {}, [], {}, obs_categorical_dtype, None, None, 0, None, {}, {}, None, dataset_id, name,
             description or "", _source(source), _created_at(created_at), obs_continuous_quantization,

@@ -12,6 +12,8 @@ __all__ = [
     "DiskFullError",
     "DuplicateGeneError",
     "ExportExistsError",
+    "ExportNotFoundError",
+    "ExportReadError",
     "ExportTooLargeError",
     "GeneIdCollisionError",
     "InvalidGeneIdError",
@@ -71,6 +73,14 @@ class ExportExistsError(CellucidExportError, FileExistsError):
 
 class DiskFullError(CellucidExportError, OSError):
     """The disk filled up during the export (nothing is left at the target)."""
+
+
+class ExportNotFoundError(CellucidExportError, FileNotFoundError):
+    """An export folder to read does not exist, holds no ``var_manifest.json``, or lacks a gene file it lists."""
+
+
+class ExportReadError(CellucidExportError, ValueError):
+    """A file of an export folder is damaged (cut short, corrupt, or not in the format) and cannot be read."""
 
 
 class CellucidExportWarning(UserWarning):

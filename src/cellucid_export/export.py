@@ -9,7 +9,6 @@ import inspect
 import os
 import threading
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._kernels import RECORD
-from ._logging import logger
+from ._logging import logger, warn
 from .codec import get_codec
 from .dataset import DatasetPlan, log_plan, resolve_dataset, write_dataset
-from .errors import CellucidExportError, CellucidExportWarning, InvalidParameterError
+from .errors import CellucidExportError, InvalidParameterError
 from .inputs import check_h5ad_path, parts_from_h5ad
 from .plan import (
     DEFAULT_MAX_BYTES,
@@ -32,6 +31,7 @@ from .plan import (
     check_plan,
     format_bytes,
     parse_bytes,
+    plural,
 )
 from .quantize import PAYLOAD_KINDS, QuantizedBlock, payload_buffer, payload_row_bytes, quantize_block
 from .resolve import AnnDataParts, Selection, check_options, resolve, safe_name
@@ -114,7 +114,7 @@ class ExportResult:
 
     def __repr__(self) -> str:
         lines = [
-            f"ExportResult: {self.n_genes:,} genes -> {self.path}",
+            f"ExportResult: {plural(self.n_genes, 'gene')} -> {self.path}",
             f"  source: {self.source} ({self.source_reason})",
             f"  {self.n_files:,} files, {format_bytes(self.bytes_written)} on disk, layout={self.layout!r}, "
             f"var_quantization={self.var_quantization}, compression={self.compression}, {self.seconds:.1f} s",
@@ -299,16 +299,14 @@ def _warn_nonfinite(nonfinite: dict[str, str], var_quantization, n_cells: int) -
     if var_quantization is None:
         bad = {g: w for g, w in nonfinite.items() if "Inf" in w or w.startswith(f"{n_cells} NaN")}
         if bad:
-            warnings.warn(
-                f"{len(bad)} genes hold +/-Inf or only NaN, written as-is in float32; the viewer cannot colour "
-                f"cells by them: {'; '.join(f'{g} ({w})' for g, w in list(bad.items())[:10])}. Replace "
-                "them before export (e.g. np.nan_to_num) or use var_quantization=8, which marks them as missing.",
-                CellucidExportWarning,
-                stacklevel=4,
+            warn(
+                f"{plural(len(bad), 'gene')} with +/-Inf or only NaN, written as-is in float32; the viewer "
+                f"cannot colour cells by them: {'; '.join(f'{g} ({w})' for g, w in list(bad.items())[:10])}. Replace "
+                "them before export (e.g. np.nan_to_num) or use var_quantization=8, which marks them as missing."
             )
-        logger.info(f"{len(nonfinite)} genes hold NaN/Inf, written as-is (float32): {shown}{more}")
+        logger.info(f"{plural(len(nonfinite), 'gene')} with NaN/Inf, written as-is (float32): {shown}{more}")
     else:
-        logger.info(f"{len(nonfinite)} genes hold NaN/Inf, written as missing: {shown}{more}")
+        logger.info(f"{plural(len(nonfinite), 'gene')} with NaN/Inf, written as missing: {shown}{more}")
 
 
 def _cycle_collector_paused(fn):
@@ -371,7 +369,7 @@ def export_parts(
     check_plan(plan, target, max_bytes)
     logger.info(f"exporting {sel.source_name}: {sel.reason}.")
     logger.info(
-        f"{len(sel.gene_ids):,} genes ({sel.notes[0]}) x {sel.n_cells:,} cells, "
+        f"{plural(len(sel.gene_ids), 'gene')} ({sel.notes[0]}) x {sel.n_cells:,} cells, "
         f"{format_bytes(plan.payload_bytes)} before compression."
     )
     log_plan(dataset)
@@ -410,13 +408,15 @@ def export_parts(
         n_files = sum(len(files) for _, _, files in os.walk(stage.path))
         stage.publish()
     _warn_nonfinite(nonfinite, var_quantization, sel.n_cells)
-    if not dataset.viewer_ready:
-        warnings.warn(
+    if not dataset.viewer_ready and dataset_options.get("embeddings") is False:
+        logger.info(
+            f"{target} holds gene expression only (embeddings=False): the viewer cannot open it alone."
+        )
+    elif not dataset.viewer_ready:
+        warn(
             f"{target} holds gene expression only and is not viewer-openable: the AnnData has no embedding "
             "to draw (an obsm entry such as 'X_umap' with 1, 2 or 3 columns). Compute one (sc.pp.neighbors(adata); "
-            "sc.tl.umap(adata)) or name it with embeddings=, then export again.",
-            CellucidExportWarning,
-            stacklevel=3,
+            "sc.tl.umap(adata)) or name it with embeddings=, then export again."
         )
     return ExportResult(
         path=target,

@@ -25,9 +25,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ._logging import logger
-from .codec import gzip_decompress
-from .errors import CellucidExportWarning, InvalidParameterError
+from ._logging import logger, warn
+from .codec import gunzip_strict
+from .errors import CellucidExportWarning, ExportReadError, InvalidParameterError
 from .export import ExportResult, export_parts
 from .inputs import check_h5ad_path, parts_from_anndata, parts_from_h5ad
 from .plan import DEFAULT_MAX_BYTES, ExportPlan, format_bytes
@@ -91,7 +91,8 @@ def read_points(export_dir: os.PathLike | str, dimension: int | None = None) -> 
             f"{path} has no dataset_identity.json, so it holds no cell positions to draw: it was exported "
             "without an embedding. Export again from an AnnData with an obsm['X_umap']."
         )
-    emb = json.loads(ident_path.read_text(encoding="utf-8"))["embeddings"]
+    identity = json.loads(ident_path.read_text(encoding="utf-8"))
+    emb = identity["embeddings"]
     dims = [int(d) for d in emb["available_dimensions"]]
     if dimension is None:
         dimension = 2 if 2 in dims else int(emb["default_dimension"])
@@ -101,10 +102,18 @@ def read_points(export_dir: os.PathLike | str, dimension: int | None = None) -> 
             f"Pass dimension={dims[0]}."
         )
     f = path / emb["files"][f"{dimension}d"]
-    data = f.read_bytes()
-    if f.suffix == ".gz":
+    n_cells = identity["stats"]["n_cells"]
+    data, problem = (f.read_bytes(), None) if f.is_file() else (b"", "is missing")
+    if problem is None and f.suffix == ".gz":
         # The viewer decides by the suffix too: the files are not served with Content-Encoding.
-        data = gzip_decompress(data)
+        data, problem = gunzip_strict(data)
+    if problem is None and len(data) != n_cells * dimension * 4:
+        problem = f"holds {len(data):,} bytes, not {n_cells:,} cells x {dimension} float32 values"
+    if problem is not None:
+        raise ExportReadError(
+            f"The cell positions cannot be read: {f.relative_to(path).as_posix()} {problem}. Copy the folder again "
+            f"or export again; `cellucid-export validate {path}` lists every damaged file."
+        )
     return np.frombuffer(data, dtype="<f4").reshape(-1, dimension)
 
 
@@ -217,7 +226,8 @@ def gene(
     gene
         A gene id of the export, as the viewer lists it.
     adata
-        The AnnData the export was made from. ``None`` draws the export only.
+        The AnnData the export was made from, or the path of its ``.h5ad`` file (opened backed, reading
+        the embedding and the gene only). ``None`` draws the export only.
     basis
         The embedding of the AnnData panel: ``"umap"`` reads ``obsm["X_umap"]``.
     layer
@@ -257,6 +267,12 @@ def gene(
     ex = read_export(export_dir)
     exported = ex.gene(gene)
     n_panels = 1 if adata is None else 2
+    if isinstance(adata, str | os.PathLike):
+        import anndata
+
+        # Backed: the embedding and one gene are read, not the whole matrix.
+        check_h5ad_path(adata)
+        adata = anndata.read_h5ad(adata, backed="r")
 
     if adata is not None:
         key = _basis_key(adata, basis)
@@ -271,12 +287,10 @@ def gene(
         source, source_name = _adata_values(adata, gene, layer, ex.manifest.get("var_gene_id_column"))
         diff, allowed, ok = _agreement(exported, source, ex, gene)
         if not ok:
-            warnings.warn(
+            warn(
                 f"{gene}: the exported values differ from adata {source_name} by up to {diff:.4g}, more than "
                 f"quantization explains ({allowed:.4g}). The export was probably made from another matrix or "
-                "another AnnData; pass layer= (or the ExportResult) to compare with the right one.",
-                CellucidExportWarning,
-                stacklevel=2,
+                "another AnnData; pass layer= (or the ExportResult) to compare with the right one."
             )
     points = read_points(ex.path, dimension)
 

@@ -4,20 +4,88 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .codec import gzip_decompress
-from .errors import UnknownGeneError
+from .codec import gunzip_strict
+from .errors import ExportNotFoundError, ExportReadError, UnknownGeneError
 from .plan import plural
 from .quantize import STEPS, dequantize
 from .resolve import safe_name
+from .validate import _inside, _is_int, _json_type
 
 __all__ = ["Export", "read_export"]
 
 _DTYPES = {"uint8": np.dtype("<u1"), "uint16": np.dtype("<u2"), "float32": np.dtype("<f4")}
+_CODE_DTYPES = {8: "uint8", 16: "uint16"}
+
+
+def _parse_manifest(m) -> tuple[dict | None, str | None]:
+    """What the reader needs from ``var_manifest.json``: ``(facts, None)``, or ``(None, why it cannot be read)``.
+
+    Only what decoding genes depends on is checked here; :func:`~cellucid_export.validate` checks the rest.
+    """
+    if not isinstance(m, dict):
+        return None, f"it holds {_json_type(m)}, not a JSON object"
+    missing = [k for k in ("n_points", "_varSchema", "fields") if k not in m]
+    if missing:
+        return None, f"it has no {', '.join(missing)}"
+    schema, fields, n_cells = m["_varSchema"], m["fields"], m["n_points"]
+    if not isinstance(schema, dict) or not isinstance(fields, list):
+        return None, "_varSchema must be an object and fields a list"
+    if not _is_int(n_cells) or n_cells < 1:
+        return None, f"n_points (the number of cells) is {n_cells!r}, not a positive whole number"
+    pattern = schema.get("pathPattern")
+    if not isinstance(pattern, str) or ("{index}" in pattern) == ("{key}" in pattern) or not _inside(pattern):
+        return (
+            None,
+            f"_varSchema.pathPattern is {pattern!r}, not a file name inside the folder with {{key}} or {{index}}",
+        )
+    layout = "index" if "{index}" in pattern else "name"
+    dtype = schema.get("dtype")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        return None, f"_varSchema.dtype is {dtype!r}, not uint8, uint16 or float32"
+    bits = schema.get("quantizationBits") if schema.get("quantized") else None
+    if bits is not None and (not _is_int(bits) or _CODE_DTYPES.get(bits) != dtype):
+        return None, f"_varSchema.quantizationBits is {bits!r}; {dtype} codes need {_bits_of(dtype)}"
+    if bits is None and dtype != "float32":
+        return None, f"_varSchema.dtype is {dtype} but the genes are not quantized (values must be float32)"
+    width = (2 if layout == "index" else 1) + (2 if bits else 0)
+    entries: dict[str, tuple[int, list]] = {}
+    for pos, entry in enumerate(fields):
+        if not isinstance(entry, list) or len(entry) != width:
+            shape = ("[index, id" if layout == "index" else "[id") + (", min, max]" if bits else "]")
+            return None, f"fields[{pos}] is {json.dumps(entry)[:60]}, not {shape}"
+        idx, gid, bounds = (
+            (entry[0], entry[1], entry[2:]) if layout == "index" else (pos, entry[0], entry[1:])
+        )
+        if not isinstance(gid, str) or not gid:
+            return None, f"fields[{pos}] has the gene id {gid!r}, not text"
+        if not _is_int(idx) or idx < 0:
+            return None, f"gene {gid!r} has the file number {idx!r}, not a whole number from 0"
+        if bits and not (all(_finite(b) for b in bounds) and bounds[0] <= bounds[1]):
+            return None, f"gene {gid!r} has the range {bounds}, not two finite numbers min <= max"
+        if gid in entries:
+            return None, f"gene {gid!r} is listed twice"
+        entries[gid] = (idx, bounds)
+    return {
+        "layout": layout,
+        "n_cells": n_cells,
+        "dtype": _DTYPES[dtype],
+        "bits": bits,
+        "entries": entries,
+    }, None
+
+
+def _bits_of(dtype: str) -> str:
+    return {"uint8": "8", "uint16": "16"}.get(dtype, "no quantizationBits")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class Export:
@@ -40,24 +108,49 @@ class Export:
 
     def __init__(self, path: os.PathLike | str):
         self.path = Path(path)
-        mpath = self.path / "var_manifest.json"
-        if not mpath.exists():
-            raise FileNotFoundError(
-                f"{self.path} has no var_manifest.json: it is not a Cellucid export with gene expression."
+        if not self.path.exists():
+            raise ExportNotFoundError(
+                f"The export folder {self.path} does not exist. Check the path; a relative path starts from "
+                f"the folder you are working in ({Path.cwd()})."
             )
-        self.manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        schema = self.manifest["_varSchema"]
-        self.layout = "index" if "{index}" in schema["pathPattern"] else "name"
-        self.n_cells = int(self.manifest["n_points"])
-        self.dtype = _DTYPES[schema["dtype"]]
-        self.bits = schema.get("quantizationBits") if schema.get("quantized") else None
-        self._entries: dict[str, tuple[int, list]] = {}
-        for pos, entry in enumerate(self.manifest["fields"]):
-            if self.layout == "index":
-                idx, gid, *bounds = entry
-            else:
-                (gid, *bounds), idx = entry, pos
-            self._entries[gid] = (int(idx), bounds)
+        if not self.path.is_dir():
+            raise ExportNotFoundError(
+                f"{self.path} is a file, not an export folder. Pass the folder the export wrote (it holds "
+                "var_manifest.json)."
+            )
+        mpath = self.path / "var_manifest.json"
+        if not mpath.is_file():
+            # A folder with an identity but no genes is a real export, made without genes.
+            genes_hint = (
+                " (it holds dataset_identity.json, so it was exported without genes: export again with genes=)"
+                if (self.path / "dataset_identity.json").is_file()
+                else "; pass the folder the export wrote"
+            )
+            raise ExportNotFoundError(
+                f"{self.path} has no var_manifest.json: it is not a Cellucid export with gene expression"
+                f"{genes_hint}."
+            )
+        try:
+            self.manifest = json.loads(mpath.read_bytes().decode("utf-8"))
+        except OSError as e:
+            facts, why = None, f"the file cannot be opened ({e.strerror or e})"
+        except (ValueError, RecursionError) as e:
+            # UnicodeDecodeError and JSONDecodeError are ValueErrors; RecursionError: brackets nested
+            # deeper than the parser goes, which only a damaged file holds.
+            facts, why = None, f"it is not valid JSON ({e})"
+        else:
+            facts, why = _parse_manifest(self.manifest)
+        if facts is None:
+            raise ExportReadError(
+                f"var_manifest.json in {self.path} cannot be read: {why}. The export is damaged (an interrupted "
+                "copy, or a file edited by hand) or was not written by a Cellucid exporter: export again or copy "
+                f"the folder again; `cellucid-export validate {self.path}` lists every problem."
+            )
+        self.layout: str = facts["layout"]
+        self.n_cells: int = facts["n_cells"]
+        self.dtype: np.dtype = facts["dtype"]
+        self.bits: int | None = facts["bits"]
+        self._entries: dict[str, tuple[int, list]] = facts["entries"]
         self.gene_ids = list(self._entries)
 
     def __repr__(self) -> str:
@@ -79,7 +172,7 @@ class Export:
     def _entry(self, gene_id: str):
         try:
             return self._entries[gene_id]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable "id" such as a list
             raise UnknownGeneError(
                 f"{gene_id!r} is not in this export ({len(self.gene_ids):,} genes{self._suggest(gene_id)})."
             ) from None
@@ -94,15 +187,45 @@ class Export:
         return f", e.g. {', '.join(self.gene_ids[:5])}"
 
     def raw(self, gene_id: str) -> np.ndarray:
-        """The stored payload of a gene: codes (uint8/uint16) or float32 values."""
+        """The stored payload of a gene: codes (uint8/uint16) or float32 values.
+
+        Raises
+        ------
+        ExportNotFoundError
+            The gene's file is not in the folder.
+        ExportReadError
+            The gene's file is cut short, corrupt or of the wrong length.
+
+        """
         f = self.file(gene_id)
-        data = f.read_bytes()
-        if f.suffix == ".gz":
-            data = gzip_decompress(data)
-        arr = np.frombuffer(data, dtype=self.dtype)
-        if arr.size != self.n_cells:
-            raise ValueError(f"{f} holds {arr.size} values, but the export has {self.n_cells} cells.")
-        return arr
+        rel = f.relative_to(self.path).as_posix()
+        if not f.exists():
+            raise ExportNotFoundError(
+                f"Gene {gene_id!r} cannot be read: {rel} is missing from {self.path}, although var_manifest.json "
+                f"lists the gene. Copy the folder again or export again; `cellucid-export validate {self.path}` "
+                "lists every missing or damaged file."
+            )
+        problem = None
+        try:
+            data = f.read_bytes()
+        except OSError as e:
+            data, problem = b"", f"cannot be opened ({e.strerror or e})"
+        if problem is None and f.suffix == ".gz":
+            # The viewer's rules: one gzip member, nothing after it, a matching length trailer.
+            data, problem = gunzip_strict(data)
+        expected = self.n_cells * self.dtype.itemsize
+        if problem is None and len(data) != expected:
+            problem = (
+                f"holds {len(data):,} bytes, but {self.n_cells:,} values of {self.dtype.name} (one per cell) "
+                f"are {expected:,} bytes"
+            )
+        if problem is not None:
+            raise ExportReadError(
+                f"Gene {gene_id!r} cannot be read: {rel} {problem}. The file was damaged, e.g. by an "
+                "interrupted copy or upload, or comes from another export: copy the folder again or export "
+                f"again; `cellucid-export validate {self.path}` lists every damaged file."
+            )
+        return np.frombuffer(data, dtype=self.dtype)
 
     def bounds(self, gene_id: str) -> tuple[float, float] | None:
         """``(min, max)`` of a quantized gene, as stored in the manifest."""
@@ -110,7 +233,16 @@ class Export:
         return (float(b[0]), float(b[1])) if self.bits else None
 
     def gene(self, gene_id: str) -> np.ndarray:
-        """Decoded float32 values of a gene, one per cell; NaN where the missing marker was written."""
+        """Decoded float32 values of a gene, one per cell; NaN where the missing marker was written.
+
+        Raises
+        ------
+        UnknownGeneError
+            The gene was not exported (the message names the closest exported ids).
+        ExportNotFoundError, ExportReadError
+            The gene's file is missing or damaged; see :meth:`raw`.
+
+        """
         arr = self.raw(gene_id)
         if self.bits is None:
             return arr.astype(np.float32)
@@ -135,6 +267,15 @@ class Export:
 
 def read_export(path: os.PathLike | str) -> Export:
     """Open an export folder written by this package or by ``cellucid`` 0.0.9 / 0.9.1.
+
+    Only ``var_manifest.json`` is read here; gene files are read (and checked) when a gene is asked for.
+
+    Raises
+    ------
+    ExportNotFoundError
+        The folder does not exist or holds no ``var_manifest.json``.
+    ExportReadError
+        ``var_manifest.json`` is damaged or not in the format.
 
     Examples
     --------

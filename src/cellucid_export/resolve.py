@@ -22,6 +22,7 @@ from .errors import (
     OrientationError,
     UnknownGeneError,
 )
+from .plan import plural
 from .sources import GeneBlockSource, open_source
 
 __all__ = ["AnnDataParts", "Selection", "check_options", "resolve", "safe_name"]
@@ -350,7 +351,7 @@ def _check_unique(ids: pd.Index, where: str) -> None:
     dup = ids[ids.duplicated() & ~ids.isna()].unique()
     if len(dup):
         raise DuplicateGeneError(
-            f"Gene ids in {where} are not unique: {_show(dup)} appear more than once. {_unique_fix(where)}"
+            f"Gene ids in {where} are not unique: {_show(dup)} {'appears' if len(dup) == 1 else 'appear'} more than once. {_unique_fix(where)}"
         )
 
 
@@ -487,8 +488,9 @@ def _select(
         ambiguous = ids[(pos < 0) & ids.isin(aliases[shared])]
         if len(ambiguous):
             raise DuplicateGeneError(
-                f"Gene ids in {id_where} are not unique: {_show(ambiguous)} appear more than once, so genes= "
-                f"cannot tell which gene is meant. {_unique_fix(id_where)}"
+                f"Gene ids in {id_where} are not unique: {_show(ambiguous)} "
+                f"{'appears' if len(ambiguous) == 1 else 'appear'} more than once, so genes= cannot tell which "
+                f"gene is meant. {_unique_fix(id_where)}"
             )
         hit = aliases[~shared].get_indexer(ids)
         pos = np.where(pos >= 0, pos, np.where(hit >= 0, known[~shared][np.maximum(hit, 0)], -1))
@@ -498,7 +500,7 @@ def _select(
             f"{len(missing)} of the requested genes are not in {cand.name}: {_show(missing)}. "
             "Check the spelling and whether var_names hold symbols or Ensembl ids (see gene_id_column=)."
         )
-    return pos.astype(np.int64), f"{len(ids)} listed genes"
+    return pos.astype(np.int64), plural(len(ids), "listed gene")
 
 
 def _gene_ids(cand: _Candidate, base_var: pd.DataFrame, gene_id_column: str | None) -> pd.Index:
@@ -559,6 +561,8 @@ def _check_ids(ids: Sequence, where: str) -> list[str]:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: Longest ``safe()`` name the name layout writes: file systems allow 255 bytes, suffixes take up to 16.
+MAX_NAME_CHARS = 200
 
 
 def safe_name(gene_id: str) -> str:
@@ -573,16 +577,30 @@ def name_layout_problems(ids: Sequence[str], folder: str = "var", suffix: str = 
     by_safe: dict[str, list[str]] = {}
     for gid, name in zip(ids, safe, strict=True):
         by_safe.setdefault(name.lower(), []).append(gid)
-    for group in by_safe.values():
-        if len(group) > 1:
+    for name, group in by_safe.items():
+        if len(group) > 1 and name:
             problems.append(f"{_show(group)} all become {folder}/{safe_name(group[0])}{suffix}")
     empty = [g for g, name in zip(ids, safe, strict=True) if not name]
     if empty:
-        problems.append(f"{_show(empty)} have no usable character for a file name")
+        problems.append(f"{_show(empty)} {_has(empty)} no usable character for a file name")
     device = [g for g, name in zip(ids, safe, strict=True) if name.split(".")[0].upper() in _WINDOWS_DEVICES]
     if device:
-        problems.append(f"{_show(device)} are reserved file names on Windows")
+        problems.append(
+            f"{_show(device)} {'is a reserved file name' if len(device) == 1 else 'are reserved file names'} on Windows"
+        )
+    # File systems take names of up to 255 bytes, and the longest suffix ('.outliers.u16.gz') needs 16.
+    long = [g for g, name in zip(ids, safe, strict=True) if len(name) > MAX_NAME_CHARS]
+    if long:
+        shown = [g if len(g) <= 40 else f"{g[:37]}..." for g in long]
+        problems.append(
+            f"{_show(shown)} {'is' if len(long) == 1 else 'are'} too long for a file name (more than "
+            f"{MAX_NAME_CHARS} characters)"
+        )
     return problems
+
+
+def _has(items) -> str:
+    return "has" if len(items) == 1 else "have"
 
 
 def check_name_layout(ids: Sequence[str]) -> None:

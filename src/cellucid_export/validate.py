@@ -11,12 +11,13 @@ import json
 import math
 import os
 import struct
-import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from .codec import gunzip_strict
 from .dataset import CREATED_AT, DATASET_ID, MAX_CATEGORIES, index_dtype
 from .quantize import MARKER, PAYLOAD_KINDS, STEPS
 from .resolve import _show, name_layout_problems, safe_name
@@ -49,35 +50,14 @@ GRAPH_KEYS = {"format", "n_cells", "n_edges", "max_neighbors", "index_bytes", "i
 GRAPH_KEYS |= {"destinationsPath", "compression", "weightsPath", "weight_dtype", "weight_bytes"}
 
 
-def gunzip_strict(data: bytes) -> tuple[bytes | None, str | None]:
-    """Decode one gzip member as the viewer requires it; returns (bytes, None) or (None, problem)."""
-    if len(data) < 18 or data[:3] != b"\x1f\x8b\x08":
-        return None, "is not a gzip file although its name ends in .gz"
-    if data[3] & 0xE0:
-        return None, "has reserved gzip header flag bits set"
-    d = zlib.decompressobj(31)
-    try:
-        out = d.decompress(data) + d.flush()
-    except zlib.error as e:
-        return None, f"is a corrupt gzip file ({e})"
-    if not d.eof:
-        return None, "is a truncated gzip file"
-    if d.unused_data:
-        second = " (a second gzip member)" if d.unused_data[:2] == b"\x1f\x8b" else ""
-        return (
-            None,
-            f"has {len(d.unused_data)} bytes after its gzip member{second}; the viewer reads one member only",
-        )
-    if struct.unpack("<I", data[-4:])[0] != len(out) & 0xFFFFFFFF:
-        return None, "has a wrong gzip ISIZE"
-    return out, None
-
-
 class _Folder:
     def __init__(self, path: Path, *, shallow_genes: bool = False):
         self.path = path
         self.problems: list[str] = []
         self.declared: set[str] = set()
+        #: Manifests that exist but cannot be read: their problem is already reported, so later checks
+        #: must not call them missing, nor the files they list strays.
+        self.unreadable: set[str] = set()
         #: Check gene files by their gzip header, trailer and size only, without inflating them.
         self.shallow_genes = shallow_genes
 
@@ -89,6 +69,7 @@ class _Folder:
         self.declared.add(name)
         if not p.is_file():
             return None
+        self.unreadable.add(name)
         if p.stat().st_size > MAX_MANIFEST:
             self.add(f"{name} is larger than 64 MiB; the viewer refuses it.")
             return None
@@ -97,13 +78,26 @@ class _Folder:
             raise ValueError(f"non-standard JSON value {const}")
 
         try:
-            obj = json.loads(p.read_text(encoding="utf-8"), parse_constant=refuse)
-        except (ValueError, UnicodeDecodeError) as e:
+            text = p.read_bytes().decode("utf-8")
+        except OSError as e:
+            self.add(f"{name} cannot be read ({e.strerror or e}).")
+            return None
+        except UnicodeDecodeError as e:
+            self.add(f"{name} is not valid JSON (not UTF-8 text: {e.reason} at byte {e.start}).")
+            return None
+        try:
+            obj = json.loads(text, parse_constant=refuse)
+        except ValueError as e:
             self.add(f"{name} is not valid JSON ({e}).")
             return None
-        if not isinstance(obj, dict):
-            self.add(f"{name} must hold a JSON object.")
+        except RecursionError:
+            # A damaged file of brackets nests deeper than Python's parser goes; no manifest nests so.
+            self.add(f"{name} is not valid JSON (nested too deeply).")
             return None
+        if not isinstance(obj, dict):
+            self.add(f"{name} must hold a JSON object, not {_json_type(obj)}.")
+            return None
+        self.unreadable.discard(name)
         return obj
 
     def keys(self, obj: dict, name: str, required, optional=(), ordered=False) -> None:
@@ -131,10 +125,18 @@ class _Folder:
             if p.stat().st_size != size:
                 self.add(f"{rel} holds {p.stat().st_size} bytes, but {size} are expected.")
             return
-        with open(p, "rb") as fh:
-            head = fh.read(10)
-            fh.seek(-4, os.SEEK_END)
-            isize = struct.unpack("<I", fh.read(4))[0]
+        if p.stat().st_size < 18:
+            # Shorter than a gzip header and trailer: cut short (seeking back 4 bytes would fail).
+            self.add(f"{rel} is a truncated gzip file ({p.stat().st_size} bytes).")
+            return
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(10)
+                fh.seek(-4, os.SEEK_END)
+                isize = struct.unpack("<I", fh.read(4))[0]
+        except OSError as e:
+            self.add(f"{rel} cannot be read ({e.strerror or e}).")
+            return
         if len(head) < 10 or head[:3] != b"\x1f\x8b\x08" or head[3] & 0xE0:
             self.add(f"{rel} does not start with a valid gzip header.")
         elif isize != size & 0xFFFFFFFF:
@@ -144,6 +146,10 @@ class _Folder:
         self, rel: str, dtype: str, count: int, compression, shallow: bool = False
     ) -> np.ndarray | None:
         """Read a declared payload; checks existence, the .gz rule, the gzip envelope and the length."""
+        if not _inside(rel):
+            # The viewer fetches files relative to the folder; it cannot reach this one.
+            self.add(f"{rel!r} is not a path inside the export folder.")
+            return None
         self.declared.add(rel)
         p = self.path / rel
         self.suffix(rel, compression)
@@ -153,7 +159,11 @@ class _Folder:
         if shallow:
             self._envelope(p, rel, count * np.dtype(dtype).itemsize)
             return None
-        data = p.read_bytes()
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            self.add(f"{rel} cannot be read ({e.strerror or e}).")
+            return None
         if rel.endswith(".gz"):
             data, problem = gunzip_strict(data)
             if problem:
@@ -173,6 +183,23 @@ class _Folder:
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _json_type(x) -> str:
+    """What a JSON value is, in the words of the format ('a list', 'null'...)."""
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "true/false"
+    if isinstance(x, int | float):
+        return "a number"
+    return {str: "text", list: "a list", dict: "an object"}.get(type(x), type(x).__name__)
+
+
+def _inside(rel: str) -> bool:
+    """A relative path that stays inside the export folder."""
+    parts = rel.replace("\\", "/").split("/")
+    return bool(rel) and not rel.startswith("/") and ":" not in parts[0] and ".." not in parts
 
 
 def _num(x) -> bool:
@@ -203,17 +230,13 @@ def _ints(xs: list) -> str:
     return ", ".join(map(str, xs[:5])) + (" ..." if len(xs) > 5 else "")
 
 
-def _ints(xs: list) -> str:
-    return ", ".join(map(str, xs[:5])) + (" ..." if len(xs) > 5 else "")
-
-
 def _index_space(f: _Folder, where: str, indices: list, expect: int) -> None:
     if not all(_is_int(i) for i in indices):
         f.add(f"{where}: every index must be an integer.")
         return
     if sorted(indices) != list(range(expect)):
         gaps = sorted(set(range(expect)) - set(indices))
-        dup = sorted({i for i in indices if indices.count(i) > 1})
+        dup = sorted(i for i, k in Counter(indices).items() if k > 1)
         f.add(
             f"{where}: indices must be 0..{expect - 1} with no gaps or repeats"
             + (f"; missing {_ints(gaps)}" if gaps else "")
@@ -248,6 +271,9 @@ def _check_var(f: _Folder, m: dict, n_cells: int | None) -> tuple[int, str | Non
         f.add(f"{name} says {n} cells but the dataset has {n_cells}.")
     if m.get("_format") != "compact_v1":
         f.add(f"{name}: _format must be 'compact_v1'.")
+    column = m.get("var_gene_id_column")
+    if column is not None and not isinstance(column, str):
+        f.add(f"{name}: var_gene_id_column must be the name of a var column (text) or null.")
     bits = m.get("quantization")
     comp = m.get("compression")
     if comp is not None and not (_is_int(comp) and 1 <= comp <= 9):
@@ -302,9 +328,7 @@ def _check_var(f: _Folder, m: dict, n_cells: int | None) -> tuple[int, str | Non
                 f.problems += sub.problems
                 f.declared |= sub.declared
     text_ids = [g for g in ids if isinstance(g, str)]
-    dup = (
-        sorted({g for g in text_ids if text_ids.count(g) > 1}) if len(set(text_ids)) != len(text_ids) else []
-    )
+    dup = sorted(g for g, k in Counter(text_ids).items() if k > 1)
     if dup:
         f.add(f"{name} lists these genes more than once: {_show(dup)}.")
     if layout == "index":
@@ -316,6 +340,11 @@ def _check_var(f: _Folder, m: dict, n_cells: int | None) -> tuple[int, str | Non
 
 
 # ------------------------------------------------------------------------------------------ obs
+
+
+def _pattern(schema, k: str, default: str) -> str:
+    v = schema.get(k) if isinstance(schema, dict) else None
+    return v if isinstance(v, str) else default
 
 
 def _check_obs(f: _Folder, m: dict, n_cells: int, dims: list[int], comp) -> tuple[str | None, list, dict]:
@@ -345,6 +374,10 @@ def _check_obs(f: _Folder, m: dict, n_cells: int, dims: list[int], comp) -> tupl
         f.add(
             f"{name}: _obsSchemas must have {sorted(want_schemas) or 'no keys'} for these fields, has {sorted(schemas)}."
         )
+        return None, [], facts
+    bad = [k for k, v in schemas.items() if not isinstance(v, dict)]
+    if bad:
+        f.add(f"{name}: _obsSchemas.{bad[0]} must be an object, not {_json_type(schemas[bad[0]])}.")
         return None, [], facts
     gz = ".gz" if comp else ""
     layouts = set()
@@ -383,6 +416,11 @@ def _check_obs(f: _Folder, m: dict, n_cells: int, dims: list[int], comp) -> tupl
         want |= {"outlierExt": ext, "outlierDtype": dtype, "outlierQuantized": bits is not None}
         if schemas["categorical"] != want:
             f.add(f"{name}: _obsSchemas.categorical must be {json.dumps(want)}.")
+    # File names follow the manifest's own patterns; where one is damaged (reported above), the format's,
+    # so the files are still checked and not called strays.
+    cont_pattern = _pattern(schemas.get("continuous"), "pathPattern", f"obs/{key}.values.{ext}{gz}")
+    codes_pattern = _pattern(schemas.get("categorical"), "codesPathPattern", f"obs/{key}.codes.{{ext}}{gz}")
+    out_pattern = _pattern(schemas.get("categorical"), "outlierPathPattern", f"obs/{key}.outliers.{ext}{gz}")
     pre = 1 if layout == "index" else 0
     expanded: list = []
     indices: list = []
@@ -399,7 +437,7 @@ def _check_obs(f: _Folder, m: dict, n_cells: int, dims: list[int], comp) -> tupl
         if bits:
             _check_bounds(f, f"{name} field {k!r}", entry[pre + 1 :], layout)
         stem = str(entry[0]) if pre else safe_name(k)
-        rel = schemas["continuous"]["pathPattern"].replace(key, stem)
+        rel = cont_pattern.replace(key, stem)
         arr = f.payload(rel, _DTYPES[dtype], n_cells, comp)
         if bits:
             _check_codes(f, rel, arr, bits, f"obs field {k!r}")
@@ -412,7 +450,7 @@ def _check_obs(f: _Folder, m: dict, n_cells: int, dims: list[int], comp) -> tupl
         keys.append(k)
         indices.append(entry[0] if pre else None)
         where = f"{name} field {k!r}"
-        if not isinstance(labels, list) or cdtype not in MAX_CATEGORIES:
+        if not isinstance(labels, list) or not isinstance(cdtype, str) or cdtype not in MAX_CATEGORIES:
             f.add(f"{where} needs a list of categories and a codes dtype 'uint8' or 'uint16'.")
             continue
         facts["codes_dtypes"].add(cdtype)
@@ -421,7 +459,9 @@ def _check_obs(f: _Folder, m: dict, n_cells: int, dims: list[int], comp) -> tupl
             f.add(
                 f"{where} has {len(labels):,} categories; {cdtype} codes hold at most {MAX_CATEGORIES[cdtype]:,}."
             )
-        if len({json.dumps(c) for c in labels}) != len(labels):
+        if not all(isinstance(c, str | bool) or _num(c) for c in labels):
+            f.add(f"{where}: every category must be text, a finite number or true/false.")
+        elif len({json.dumps(c) for c in labels}) != len(labels):
             f.add(f"{where} lists a category more than once.")
         if marker != MARKER[_BITS[cdtype]]:
             f.add(f"{where}: the missing marker of {cdtype} codes is {MARKER[_BITS[cdtype]]}, not {marker}.")
@@ -429,11 +469,11 @@ def _check_obs(f: _Folder, m: dict, n_cells: int, dims: list[int], comp) -> tupl
             _check_bounds(f, f"{where} outliers", entry[pre + 5 :], layout)
         stem = str(entry[0]) if pre else safe_name(k)
         cext = "u8" if cdtype == "uint8" else "u16"
-        rel = schemas["categorical"]["codesPathPattern"].replace(key, stem).replace("{ext}", cext)
+        rel = codes_pattern.replace(key, stem).replace("{ext}", cext)
         codes = f.payload(rel, _DTYPES[cdtype], n_cells, comp)
         if codes is not None and ((codes >= len(labels)) & (codes != marker)).any():
             f.add(f"{rel} holds codes beyond the {len(labels)} categories of {k!r}.")
-        rel = schemas["categorical"]["outlierPathPattern"].replace(key, stem)
+        rel = out_pattern.replace(key, stem)
         out = f.payload(rel, _DTYPES[dtype], n_cells, comp)
         if bits:
             _check_codes(f, rel, out, bits, f"outliers of {k!r}")
@@ -494,16 +534,23 @@ def _check_graph(f: _Folder, m: dict, n_cells: int, comp) -> int | None:
         arrays[k] = f.payload(rel, dt, n_edges, comp)
     src, dst, w = arrays["sourcesPath"], arrays["destinationsPath"], arrays["weightsPath"]
     if src is not None and dst is not None and n_edges:
-        s, d = src.astype(np.int64), dst.astype(np.int64)
-        if not (s < d).all() or (d >= n_cells).any():
+        # uint64 indices above 2**63 would wrap in int64; they are out of range either way.
+        s, d = src.astype(np.uint64), dst.astype(np.uint64)
+        outside = bool((s >= n_cells).any() or (d >= n_cells).any())
+        if outside or not (s < d).all():
             f.add(
                 f"{name}: every edge must have source < destination < {n_cells} (each undirected edge once)."
             )
-        key = s * n_cells + d
-        if (np.diff(key) <= 0).any():
+        if outside:
+            # Degrees mean nothing for edges that point past the cells (and an index far beyond
+            # n_cells would make the degree count as long as that index).
+            return n_edges
+        # Compared pairwise, not as s * n_cells + d, which overflows for large n_cells.
+        if not ((s[1:] > s[:-1]) | ((s[1:] == s[:-1]) & (d[1:] > d[:-1]))).all():
             f.add(f"{name}: edges must be sorted by (source, destination) without repeats.")
-        degree = np.bincount(s, minlength=n_cells) + np.bincount(d, minlength=n_cells)
-        if m.get("max_neighbors") != int(degree[:n_cells].max()):
+        # Counted over the cells the edges touch: n_cells itself may be far larger than the file.
+        degree = np.bincount(np.concatenate([s, d]).astype(np.int64))
+        if m.get("max_neighbors") != int(degree.max()):
             f.add(
                 f"{name}: max_neighbors is {m.get('max_neighbors')} but the edges give {int(degree.max())}."
             )
@@ -517,7 +564,7 @@ def _check_vectors(f: _Folder, v, dims: list[int], n_cells: int, comp) -> None:
     if not isinstance(v, dict) or set(v) != {"default_field", "fields"} or not isinstance(v["fields"], dict):
         f.add(f"{where} must be {{default_field, fields}}.")
         return
-    if v["default_field"] not in v["fields"]:
+    if not isinstance(v["default_field"], str) or v["default_field"] not in v["fields"]:
         f.add(f"{where}: default_field {v['default_field']!r} is not one of the fields.")
     for fid, meta in v["fields"].items():
         if not isinstance(meta, dict) or not {
@@ -534,6 +581,7 @@ def _check_vectors(f: _Folder, v, dims: list[int], n_cells: int, comp) -> None:
         ad = meta["available_dimensions"]
         if (
             not isinstance(ad, list)
+            or not all(_is_int(d) for d in ad)
             or not set(ad) <= set(dims)
             or not ad
             or meta["default_dimension"] != max(ad)
@@ -605,6 +653,7 @@ def validate(path: os.PathLike | str, *, genes_only: bool = False, decode_genes:
     Returns
     -------
     The problems found, each a sentence naming the file; an empty list when the viewer will open the folder.
+    A damaged folder (files cut short, manifests of the wrong shape) is reported here, never raised.
     Checked: exact key sets of every manifest, counts and field lists against the identity, every payload's
     length after decompression, the gzip envelope (one member, nothing after it, reserved flags zero, ISIZE),
     dense indices in the index layout and file-name collisions in the name layout, codes within range,
@@ -613,23 +662,49 @@ def validate(path: os.PathLike | str, *, genes_only: bool = False, decode_genes:
     """
     root = Path(path)
     f = _Folder(root, shallow_genes=not decode_genes)
+    if not root.exists():
+        return [f"{root} does not exist; check the path."]
     if not root.is_dir():
         return [f"{root} is not a folder."]
+    try:
+        return _validate(f, genes_only)
+    except Exception as e:
+        # The checks above are meant to cover every damaged input; should one slip through, the user
+        # still gets a list (with what we know so far) rather than a traceback from a checking tool.
+        return [
+            *f.problems,
+            f"{root} could not be checked completely ({type(e).__name__}: {e}); export again.",
+        ]
+
+
+def _validate(f: _Folder, genes_only: bool) -> list[str]:
+    root = f.path
     var = f.json("var_manifest.json")
     if genes_only:
-        if var is None:
+        if var is None and "var_manifest.json" not in f.unreadable:
             return [f"{root} has no var_manifest.json."]
-        _check_var(f, var, None)
+        if var is not None:
+            _check_var(f, var, None)
         _check_strays(f)
         return f.problems
     ident = f.json("dataset_identity.json")
     obs = f.json("obs_manifest.json")
     if ident is None or obs is None:
-        missing = [n for n, o in (("dataset_identity.json", ident), ("obs_manifest.json", obs)) if o is None]
-        f.add(
-            f"{root} lacks a readable {' and '.join(missing)}, so the viewer cannot open it"
-            + (" (an export without an embedding holds genes only)." if var is not None else ".")
-        )
+        pairs = (("dataset_identity.json", ident), ("obs_manifest.json", obs))
+        absent = [n for n, o in pairs if o is None and n not in f.unreadable]
+        broken = [n for n, o in pairs if o is None and n in f.unreadable]
+        if absent:
+            # Only an absent identity and obs manifest make a genes-only export; a damaged one does not.
+            genes_only_hint = var is not None and not broken
+            f.add(
+                f"{root} has no {' and '.join(absent)}, so the viewer cannot open it"
+                + (" (an export without an embedding holds genes only)." if genes_only_hint else ".")
+            )
+        if broken:
+            f.add(
+                f"{root}: the viewer cannot open a folder whose {' and '.join(broken)} cannot be read; "
+                "export again."
+            )
         return f.problems
     stats = _check_identity(f, ident)
     n_cells = stats.get("n_cells")
@@ -649,9 +724,18 @@ def validate(path: os.PathLike | str, *, genes_only: bool = False, decode_genes:
             emb, "dataset_identity.json embeddings", ["available_dimensions", "default_dimension", "files"]
         )
         dims = emb.get("available_dimensions") or []
-        if not isinstance(dims, list) or not dims or dims != sorted(set(dims)) or not set(dims) <= {1, 2, 3}:
+        if (
+            not isinstance(dims, list)
+            or not dims
+            or not all(_is_int(d) for d in dims)
+            or dims != sorted(set(dims))
+            or not set(dims) <= {1, 2, 3}
+        ):
             f.add("dataset_identity.json: available_dimensions must be a sorted, non-empty list of 1, 2, 3.")
-            dims = [d for d in (dims if isinstance(dims, list) else []) if d in (1, 2, 3)]
+            # Go on with the dimensions that make sense, so their points files are still checked.
+            dims = sorted(
+                {d for d in (dims if isinstance(dims, list) else []) if _is_int(d) and d in (1, 2, 3)}
+            )
         if dims and emb.get("default_dimension") != max(dims):
             f.add(f"dataset_identity.json: default_dimension must be {max(dims)}, the highest available.")
         files = emb.get("files") if isinstance(emb.get("files"), dict) else {}
@@ -684,7 +768,8 @@ def validate(path: os.PathLike | str, *, genes_only: bool = False, decode_genes:
     # Genes.
     n_genes = stats.get("n_genes")
     if var is None:
-        if n_genes != 0:
+        # A var_manifest.json that exists but cannot be read is reported (with why) where it is read.
+        if n_genes != 0 and "var_manifest.json" not in f.unreadable:
             f.add(f"dataset_identity.json says {n_genes} genes but var_manifest.json is missing.")
     else:
         count, var_layout, vfacts = _check_var(f, var, n_cells)
@@ -757,15 +842,20 @@ def _check_written_genes(f: _Folder, genes: list[tuple[str, str]], comp, size: i
             f._envelope(f.path / rel, rel, size)
 
 
+_MANIFEST_FOLDERS = {"var_manifest.json": "var/", "connectivity_manifest.json": "connectivity/"}
+
+
 def _check_strays(f: _Folder) -> None:
     """Files no manifest mentions: an orphan payload means the folder mixes two exports."""
+    # The files of a manifest that cannot be read are not strays: that manifest is the problem.
+    skip = tuple(folder for m, folder in _MANIFEST_FOLDERS.items() if m in f.unreadable)
     stray = []
     for dirpath, dirnames, filenames in os.walk(f.path):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = os.path.relpath(dirpath, f.path)
         for name in sorted(filenames):
             rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-            if not name.startswith(".") and rel not in f.declared:
+            if not name.startswith(".") and rel not in f.declared and not rel.startswith(skip):
                 stray.append(rel)
     if stray:
         f.add(f"{f.path} holds files no manifest mentions: {_show(stray, 5)}. Remove them or export again.")

@@ -320,7 +320,7 @@ def check_target(target: Path, overwrite: bool) -> None:
             )
         if not overwrite:
             raise ExportExistsError(
-                f"{target} already exists. Pass overwrite=True (--overwrite on the command line) to replace it "
+                f"{target} already exists. Pass overwrite=True to replace it "
                 "(the old folder is removed whole), "
                 "or choose another folder."
             )
