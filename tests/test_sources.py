@@ -296,3 +296,30 @@ def test_big_endian_arrays_in_a_file(adata, h5ads, tmp_path, key):
     kw = {**OPTS, "genes": GENES}
     got = cellucid_export.export_h5ad(path, tmp_path / "be", **kw).path
     assert folder_digest(got) == folder_digest(adata.cellucid.export(tmp_path / "mem", **kw).path)
+
+
+def test_only_repeated_entries_cost_the_sorted_reading(adata, tmp_path):
+    """Rows out of order are read as they are; only a file that stores a cell and gene twice is re-sorted."""
+    from cellucid_export import _kernels
+
+    rng = np.random.default_rng(5)
+    shuffled = adata.X.copy()
+    for r in range(shuffled.shape[0]):  # each row's entries in another order, none repeated
+        a, b = shuffled.indptr[r], shuffled.indptr[r + 1]
+        perm = a + rng.permutation(b - a)
+        shuffled.indices[a:b], shuffled.data[a:b] = shuffled.indices[perm], shuffled.data[perm]
+    repeated = _with_repeats(adata.X, rng)
+    assert not _kernels.rows_repeat(shuffled.indptr, shuffled.indices)
+    assert _kernels.rows_repeat(repeated.indptr, repeated.indices)
+    for x, resorted in ((shuffled, False), (repeated, True)):
+        path = tmp_path / f"{resorted}.h5ad"
+        with h5py.File(path, "w") as f:
+            g = f.create_group("X")
+            for k in ("data", "indices", "indptr"):
+                g[k] = getattr(x, k)
+            g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": x.shape})
+        with h5py.File(path) as f:
+            src = sources.open_source(f["X"])
+            (block,) = src.blocks(np.arange(80), 80)
+            np.testing.assert_allclose(block.toarray(), adata.X.toarray(), rtol=1e-6, atol=1e-6)
+            assert src._canonicalise is resorted

@@ -28,7 +28,7 @@ __all__ = [
     "csr_stats",
     "fill_rows",
     "lead_records",
-    "rows_increasing",
+    "rows_repeat",
     "scatter_csc",
     "scatter_csr_rows",
     "scatter_records",
@@ -93,13 +93,21 @@ def csr_stats(indptr, indices, data, row0, row_lut, pos_of, vmin, vmax, n_stored
 
 
 @_jit
-def rows_increasing(indptr, indices):
-    """Whether every row's column indices are strictly increasing (no repeated entry of a cell and gene)."""
+def rows_repeat(indptr, indices):
+    """Whether a row stores one column twice (a cell and gene entered twice, which scipy adds up).
+
+    Rows in increasing order are passed over; only rows out of order are sorted to look.
+    """
     for r in range(len(indptr) - 1):
-        for k in range(indptr[r] + 1, indptr[r + 1]):
+        a, b = indptr[r], indptr[r + 1]
+        for k in range(a + 1, b):
             if indices[k] <= indices[k - 1]:
-                return False
-    return True
+                row = np.sort(indices[a:b])
+                for j in range(1, b - a):
+                    if row[j] == row[j - 1]:
+                        return True
+                break
+    return False
 
 
 @_jit

@@ -275,8 +275,8 @@ class StreamedCSR(GeneBlockSource):
         self._raw = {key: raw_layout(group[key]) for key in ("data", "indices")}
         # Blocks read by passes need no memory beyond the payload; records take 12 bytes a value.
         self.bytes_per_value = 0 if self.rereads else RECORD.itemsize
-        # Set once a row is found out of order: from then on every run of rows is sorted and repeated
-        # entries of a cell and gene are added up, as scipy and anndata read them.
+        # Set once a row is found to store a column twice: from then on such runs of rows are sorted and
+        # their repeated entries of a cell and gene added up, as scipy and anndata read them.
         self._canonicalise = False
 
     @property
@@ -323,7 +323,7 @@ class StreamedCSR(GeneBlockSource):
             yield from runs
             return
         for r0, ptr, ind, val in runs:
-            if kernels.rows_increasing(ptr, ind):
+            if not kernels.rows_repeat(ptr, ind):
                 yield r0, ptr, ind, val
             else:
                 m = sp.csr_matrix((val, ind, ptr), shape=(len(ptr) - 1, self.shape[1]))
@@ -372,8 +372,10 @@ class StreamedCSR(GeneBlockSource):
         c_last: int = -1,
         max_records: int = 0,
         cancel: threading.Event | None = None,
-    ) -> tuple[SparseStats, bool, list[np.ndarray] | None]:
-        """Every exported gene's statistics, whether every row's columns were sorted, and lead records.
+    ) -> tuple[SparseStats, bool, bool, list[np.ndarray] | None]:
+        """Every exported gene's statistics, whether rows are sorted and repeat columns, and lead records.
+
+        Repeated columns (a cell and gene stored twice) are looked for only in rows out of order.
 
         Parts of the matrix go to ``n_threads`` threads, each with statistics of its own, merged after.
         With ``lead``, the pass also keeps the values of export positions below it as records (see
@@ -385,7 +387,7 @@ class StreamedCSR(GeneBlockSource):
         lock = threading.Lock()
 
         def scan(chunks):
-            stats, rows_sorted = SparseStats.empty(n_genes), True
+            stats, rows_sorted, repeats = SparseStats.empty(n_genes), True, False
             # Sized for the most one thread may keep; only the pages written become memory, and all of it
             # goes back to the system when the lead block is done.
             out = payload_buffer(max_records * RECORD.itemsize, populate=False).view(RECORD) if lead else None
@@ -393,6 +395,8 @@ class StreamedCSR(GeneBlockSource):
             for r0, ptr, ind, val in self._row_runs(chunks, cancel):
                 ok = kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
                 rows_sorted &= ok
+                if not ok and not repeats:
+                    repeats = kernels.rows_repeat(ptr, ind)
                 if out is not None:
                     new_end = kernels.lead_records(
                         ptr, ind, val, r0, self.row_lut, pos_of, lead, c_last, ok and c_last >= 0, out, end
@@ -402,18 +406,18 @@ class StreamedCSR(GeneBlockSource):
                         fits = room[0] >= 0
                     # Past the limit (this depends on the total only), the lead block gets a pass instead.
                     out, end = (out, new_end) if fits else (None, 0)
-            return stats, rows_sorted, None if out is None else out[:end]
+            return stats, rows_sorted, repeats, None if out is None else out[:end]
 
         results = in_threads(scan, parts)
         stats = SparseStats.merge([r[0] for r in results])
-        records = None if not lead or any(r[2] is None for r in results) else [r[2] for r in results]
-        return stats, all(r[1] for r in results), records
+        records = None if not lead or any(r[3] is None for r in results) else [r[3] for r in results]
+        return stats, all(r[1] for r in results), any(r[2] for r in results), records
 
     def _records_pass(self, pos_of, stats, on_records, genes_per_block, n_blocks, cancel=None) -> None:
         """One pass adding to ``stats`` and handing each run's records, grouped by block, to ``on_records``.
 
-        Records keep the file's order, so this pass runs on one thread. Its runs of rows are always put
-        in order (a file read this way is compressed: reading costs more than the check).
+        Records keep the file's order, so this pass runs on one thread. Every run of rows is checked for
+        repeated entries, which are added up (the pass is the only one: there is no first pass to ask).
         """
         self._canonicalise = True
         for r0, ptr, ind, val in self._row_runs(self._parts(1)[0], cancel):
@@ -446,14 +450,14 @@ class StreamedCSR(GeneBlockSource):
             in_file_order = bool(np.all(np.diff(gene_idx) > 0))
             n_lead, max_records = lead if lead is not None and 0 < lead[0] < n_genes else (0, 0)
             c_last = int(gene_idx[n_lead - 1]) if n_lead and in_file_order else -1
-            stats, rows_sorted, records = self._stats_pass(
+            stats, rows_sorted, repeats, records = self._stats_pass(
                 pos_of, n_genes, n_threads, n_lead, c_last, max_records, cancel
             )
-            if not rows_sorted and not self._canonicalise:
-                # Rows out of order may repeat a cell and gene, and those entries add up: the statistics
-                # (and the lead records) of single entries would be wrong, so read again, in order.
+            if repeats and not self._canonicalise:
+                # A cell and gene stored twice mean their sum: the statistics (and lead records) of the
+                # single entries are wrong, so read again, adding repeated entries up from now on.
                 self._canonicalise = True
-                stats, rows_sorted, records = self._stats_pass(
+                stats, rows_sorted, _, records = self._stats_pass(
                     pos_of, n_genes, n_threads, n_lead, c_last, max_records, cancel
                 )
             # Genes in file order over sorted rows: each pass visits only its genes' window of columns.
