@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 from tests.conftest import folder_digest
 
@@ -150,7 +152,7 @@ def test_cli_advice_names_options_not_python_keywords(pbmc, tmp_path, capsys):
     h5ad = tmp_path / "pbmc.h5ad"
     pbmc.write_h5ad(h5ad)
     assert main(["estimate", str(h5ad), "--layer", "counts"]) == 2
-    assert "Available: 'X', 'raw'. Pass one of them as --layer." in capsys.readouterr().err
+    assert "Available: 'X', 'raw' (adata.raw). Pass one of them as --layer." in capsys.readouterr().err
     assert main(["estimate", str(h5ad), "--compression", "11"]) == 2
     assert capsys.readouterr().err.startswith("error: --compression must be none (no gzip) or a gzip level")
     assert main(["export", str(h5ad), str(tmp_path / "o"), "--embedding", "X_nope"]) == 2
@@ -197,6 +199,40 @@ def test_cli_estimate_says_whether_the_export_would_run(pbmc, tmp_path, capsys):
     assert "within --max-bytes 8.00 GB" in capsys.readouterr().out
 
 
+def test_cli_validate_names_the_viewers_and_checks_genes_only_folders(pbmc, tmp_path, capsys):
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    for layout, says in (("name", "current viewer releases need an export with --layout index"),
+                         ("index", "the index layout: current viewer releases open it")):  # fmt: skip
+        out = tmp_path / layout
+        assert (
+            main(["export", str(h5ad), str(out), "--genes", "CD79A", "--layout", layout, "--no-progress"])
+            == 0
+        )
+        capsys.readouterr()
+        assert main(["validate", str(out)]) == 0
+        assert says in capsys.readouterr().out
+    genes = tmp_path / "genes"
+    assert main(["export", str(h5ad), str(genes), "--genes", "CD79A", "--embedding", "none"]) == 0
+    assert main(["validate", str(genes)]) == 1
+    assert main(["validate", str(genes), "--genes-only"]) == 0
+    # 'none' turns the graph off, as for the other options.
+    assert (
+        main(["export", str(h5ad), str(tmp_path / "nograph"), "--genes", "CD79A", "--connectivities", "none"])
+        == 0
+    )
+    assert not (tmp_path / "nograph" / "connectivity_manifest.json").exists()
+
+
+def test_cli_bad_number_is_a_sentence(pbmc, tmp_path, capsys):
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    with pytest.raises(SystemExit):
+        main(["estimate", str(h5ad), "--var-quantization", "abc"])
+    err = capsys.readouterr().err
+    assert "'abc' is not a whole number or 'none'" in err and "_optional_int" not in err
+
+
 def test_cli_lists_take_spaces_and_none(pbmc, tmp_path):
     h5ad = tmp_path / "pbmc.h5ad"
     pbmc.write_h5ad(h5ad)
@@ -208,3 +244,12 @@ def test_cli_lists_take_spaces_and_none(pbmc, tmp_path):
     assert json.loads((tmp_path / "b" / "obs_manifest.json").read_text())["_categoricalFields"] == []
     assert main(["export", str(h5ad), str(tmp_path / "c"), *args, "--embedding", "none"]) == 0
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["var", "var_manifest.json"]
+
+
+def test_a_log_level_set_before_the_import_is_kept():
+    code = (
+        "import logging; logging.getLogger('cellucid_export').setLevel('WARNING'); import cellucid_export; "
+        "print(logging.getLogger('cellucid_export').level)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == str(logging.WARNING), res.stderr

@@ -188,6 +188,20 @@ def test_embeddings_false_exports_genes_quietly_and_refuses_cell_options(pbmc_ma
     )
 
 
+def test_true_means_the_automatic_choice(pbmc_master, tmp_path):
+    auto = export(pbmc_master, tmp_path / "auto", genes=["CD79A"], created_at="2024-01-01T00:00:00Z")
+    yes = export(
+        pbmc_master,
+        tmp_path / "yes",
+        genes=["CD79A"],
+        embeddings=True,
+        vector_fields=True,
+        created_at="2024-01-01T00:00:00Z",
+        dataset_name="auto",
+    )
+    assert folder_digest(yes.path) == folder_digest(auto.path)
+
+
 def test_warnings_point_at_the_users_line(tmp_path):
     a = make_scrna(n_cells=40, n_genes=4)
     del a.obsm["X_umap"]

@@ -24,7 +24,9 @@ def assert_nothing_written(tmp_path):
 
 
 def test_missing_layer_lists_what_exists(scrna, tmp_path):
-    with pytest.raises(errors.MatrixChoiceError, match=r"no layer 'lognorm'.*'X', 'counts', 'log1p'"):
+    with pytest.raises(
+        errors.MatrixChoiceError, match=r"no layer 'lognorm'.*'X', the layers 'counts', 'log1p'"
+    ):
         export(scrna, tmp_path, layer="lognorm")
     with pytest.raises(errors.MatrixChoiceError, match="no adata.raw"):
         export(scrna, tmp_path, layer="raw")
@@ -47,10 +49,18 @@ def test_auto_never_exports_counts_silently(tmp_path):
         export(a, tmp_path)
     msg = str(e.value)
     assert "X holds only whole numbers" in msg and "raw counts" in msg
-    assert "layer=" in msg and "sc.pp.log1p" in msg
+    assert "layer='X' to export those counts anyway" in msg and "sc.pp.log1p" in msg
     assert_nothing_written(tmp_path)
     # An explicit choice is respected.
     assert export(a, tmp_path, layer="counts").source == "layers['counts']"
+
+
+def test_a_layer_named_raw_or_x_is_found_when_there_is_no_such_matrix(scrna, tmp_path):
+    scrna.layers["raw"] = scrna.layers["counts"]
+    assert scrna.raw is None
+    assert export(scrna, tmp_path, layer="raw").source == "layers['raw']"
+    scrna.raw = scrna  # now 'raw' is adata.raw, as in scanpy
+    assert scrna.cellucid.estimate(layer="raw").source == "raw.X"
 
 
 def test_auto_prefers_conventional_layer_over_counts_in_x(tmp_path):

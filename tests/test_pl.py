@@ -168,6 +168,11 @@ def test_size_plan_from_a_plan_is_exact_and_uncompressed_only():
     }
     # The float32 bar reaches the default guard, which is drawn.
     assert any(line.get_ydata()[0] == cellucid_export.DEFAULT_MAX_BYTES for line in ax.get_lines())
+    # A size is taken as everywhere else, and a level is needed for the gzip bars.
+    ax = pl.size_plan(plan, max_bytes="3GB", show=False)
+    assert any(line.get_ydata()[0] == 3e9 for line in ax.get_lines())
+    with pytest.raises(InvalidParameterError, match="compression must be a gzip level from 1 to 9"):
+        pl.size_plan(plan, compression=None, show=False)
 
 
 def test_size_plan_measures_gzip_on_sampled_genes(tmp_path):

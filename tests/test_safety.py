@@ -26,7 +26,11 @@ def test_guard_refuses_before_writing(scrna, tmp_path):
     msg = str(e.value)
     assert "36.00 KB" in msg and "max_bytes=10.00 KB" in msg  # 300 cells x 120 genes x 1 byte
     assert "uint8" in msg and "float32" in msg  # the size table
-    assert "fewer genes" in msg and "var_quantization=8" in msg and "max_bytes=None" in msg
+    # Only levers that change the size before compression, and not the 8 bits this export already has.
+    assert "fewer genes" in msg and "max_bytes=None" in msg
+    assert "var_quantization=8" not in msg.split("\n")[-1] and "compression" not in msg.split("\n")[-1]
+    with pytest.raises(errors.ExportTooLargeError, match=r"use 8-bit quantization \(var_quantization=8\)"):
+        scrna.cellucid.export(tmp_path / "out", max_bytes=10_000, var_quantization=16, progress=False)
     assert list(tmp_path.iterdir()) == []
     # The guard can be turned off or raised.
     scrna.cellucid.export(tmp_path / "a", max_bytes=None, progress=False)

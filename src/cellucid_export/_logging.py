@@ -13,7 +13,8 @@ if not logger.handlers:
     _handler = logging.StreamHandler(sys.stderr)
     _handler.setFormatter(logging.Formatter("cellucid-export: %(message)s"))
     logger.addHandler(_handler)
-    logger.setLevel(logging.INFO)
+    if logger.level == logging.NOTSET:  # a level set before the import (to silence it) is kept
+        logger.setLevel(logging.INFO)
     logger.propagate = False
 
 

@@ -68,7 +68,12 @@ def _shell_words(message: str) -> str:
 
 
 def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "null", "no", "off", "f32", "float32") else int(text)
+    if text.lower() in ("none", "null", "no", "off", "f32", "float32"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'none'") from None
 
 
 def _genes_arg(value: str | None, h5ad: str):
@@ -186,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--connectivities",
         default="connectivities",
-        help="obsp graph drawn as edges (default: 'connectivities', when the file has it)",
+        help="obsp graph drawn as edges, or 'none' (default: 'connectivities', when the file has it)",
     )
     p.add_argument("--no-connectivities", action="store_true", help="do not export a graph")
     p.add_argument(
@@ -246,6 +251,11 @@ def _parser() -> argparse.ArgumentParser:
         "validate", help="check an export folder against the format (exit status 1 on problems)"
     )
     p.add_argument("export_dir")
+    p.add_argument(
+        "--genes-only",
+        action="store_true",
+        help="check only the gene files and var_manifest.json (an export made without an embedding)",
+    )
 
     p = sub.add_parser("catalog", help="write datasets.json for a folder of dataset folders")
     p.add_argument("root")
@@ -269,6 +279,20 @@ def _selection_kwargs(args) -> dict:
     }
 
 
+def _for_which_viewers(folder: str) -> str:
+    """Which viewers open a valid folder: the two layouts are read by different viewer generations."""
+    try:
+        layout = read_export(folder).layout
+    except CellucidExportError:
+        return ""
+    if layout == "index":
+        return ", the index layout: current viewer releases open it"
+    return (
+        ", the name layout: viewers of the name era open it; current viewer releases need an export "
+        "with --layout index"
+    )
+
+
 def _inspect(args) -> None:
     ex = read_export(args.export_dir)
     print(ex)
@@ -286,7 +310,7 @@ def _inspect(args) -> None:
         )
         print(
             f"{g}: {ex.file(g).relative_to(ex.path)}; {stats}; {int(np.isnan(v).sum())} missing; "
-            f"{int((finite != 0).sum())} cells above zero"
+            f"{int((finite != 0).sum())} non-zero cells"
         )
         with np.printoptions(precision=4, threshold=20, edgeitems=5):
             print(f"  {v}")
@@ -357,7 +381,9 @@ def _run(args) -> int:
                 embeddings=_embeddings_arg(args.embedding),
                 obs_keys=_list_arg(args.obs_keys, []),
                 latent_key=args.latent_key,
-                connectivities=None if args.no_connectivities else args.connectivities,
+                connectivities=None
+                if args.no_connectivities or args.connectivities.lower() in _NONE
+                else args.connectivities,
                 obs_continuous_quantization=args.obs_continuous_quantization,
                 obs_categorical_dtype=args.obs_categorical_dtype,
                 vector_fields=_list_arg(args.vector_fields, False),
@@ -368,7 +394,7 @@ def _run(args) -> int:
             )
             print(res)
         elif args.command == "validate":
-            problems = validate(args.export_dir)
+            problems = validate(args.export_dir, genes_only=args.genes_only)
             for problem in problems:
                 print(f"problem: {problem}")
             if problems:
@@ -377,7 +403,7 @@ def _run(args) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            print(f"{args.export_dir}: OK, the viewer will open it.")
+            print(f"{args.export_dir}: OK{_for_which_viewers(args.export_dir)}.")
         elif args.command == "catalog":
             print(f"wrote {write_catalog(args.root, default=args.default)}")
         elif args.command == "demo":

@@ -656,6 +656,9 @@ def resolve_dataset(
         raise InvalidParameterError(f"description must be text, got {description!r}.")
     n = parts.n_obs
 
+    # True reads as "yes, the usual ones": the automatic choice.
+    embeddings = None if embeddings is True else embeddings
+    vector_fields = None if vector_fields is True else vector_fields
     chosen, notes = choose_embeddings(parts, embeddings)
     points: dict[int, np.ndarray] = {}
     normalised: dict[int, np.ndarray] = {}

@@ -372,6 +372,11 @@ def export_parts(
         f"{plural(len(sel.gene_ids), 'gene')} ({sel.notes[0]}) x {sel.n_cells:,} cells, "
         f"{format_bytes(plan.payload_bytes)} before compression."
     )
+    if layout == "name":
+        logger.info(
+            "layout='name' (files named after genes) opens in viewers of the name era; current viewer "
+            "releases need layout='index'."
+        )
     log_plan(dataset)
     # The reader stops (within a read chunk) before the staging folder, which holds its scratch files, goes.
     with (

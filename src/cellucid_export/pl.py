@@ -30,7 +30,7 @@ from .codec import gunzip_strict
 from .errors import CellucidExportWarning, ExportReadError, InvalidParameterError
 from .export import ExportResult, export_parts
 from .inputs import check_h5ad_path, parts_from_anndata, parts_from_h5ad
-from .plan import DEFAULT_MAX_BYTES, ExportPlan, format_bytes
+from .plan import DEFAULT_MAX_BYTES, ExportPlan, format_bytes, parse_bytes
 from .reader import Export, read_export
 from .resolve import resolve
 
@@ -415,7 +415,7 @@ def size_plan(
     gene_id_column: str | None = None,
     compression: int = 6,
     n_sample_genes: int = 20,
-    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    max_bytes: int | str | None = DEFAULT_MAX_BYTES,
     ax=None,
     show: bool | None = None,
 ):
@@ -435,7 +435,8 @@ def size_plan(
     n_sample_genes
         How many genes are exported (into a temporary folder) to measure the gzip sizes.
     max_bytes
-        Draw the size guard (default 8 GB before compression) when a bar reaches it; ``None``: do not.
+        Draw the size guard (default 8 GB before compression; a number of bytes or a size such as
+        ``"20GB"``) when a bar reaches it; ``None``: do not.
     ax
         A matplotlib Axes to draw on.
     show
@@ -447,6 +448,12 @@ def size_plan(
     each bar's height is a number of bytes.
 
     """
+    if compression is None or isinstance(compression, bool) or compression not in range(1, 10):
+        raise InvalidParameterError(
+            f"compression must be a gzip level from 1 to 9 (the bars without gzip are always drawn), got "
+            f"{compression!r}."
+        )
+    max_bytes = parse_bytes(max_bytes, "max_bytes")
     plt = _pyplot()
     if isinstance(data, ExportPlan):
         plan = data

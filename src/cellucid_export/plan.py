@@ -192,9 +192,10 @@ def check_plan(plan: ExportPlan, target: os.PathLike, max_bytes: int | None) -> 
     The free-space check uses the uncompressed size: gzip usually writes much less, but its ratio
     is only known after the fact, and running out of disk mid-export wastes the whole run.
     """
+    # Only what changes the size before compression helps here; gzip's saving is known only afterwards.
     levers = (
-        "To make it smaller: export fewer genes (genes=adata.var.highly_variable, a marker list or a "
-        "panel), use 8-bit quantization (var_quantization=8), keep gzip on (compression=6)"
+        "To make it smaller: export fewer genes (genes=adata.var.highly_variable, a marker list or a panel)"
+        + (", use 8-bit quantization (var_quantization=8)" if plan.var_quantization != 8 else "")
     )
     if max_bytes is not None and plan.payload_bytes > max_bytes:
         raise ExportTooLargeError(

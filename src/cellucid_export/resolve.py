@@ -195,8 +195,12 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
                 f"layer must be a string such as 'log1p', 'X' or 'raw', got {layer!r}."
             )
         key = "X" if layer == "X" else "raw" if layer == "raw" else f"layers/{layer}"
+        if key not in cands and f"layers/{layer}" in cands:
+            key = f"layers/{layer}"  # a layer named 'raw' (or 'X') where there is no adata.raw (or X)
         if key not in cands:
-            have = ["'X'"] * ("X" in cands) + ["'raw'"] * ("raw" in cands) + [repr(n) for n in parts.layers]
+            have = ["'X'"] * ("X" in cands) + ["'raw' (adata.raw)"] * ("raw" in cands)
+            if parts.layers:
+                have.append(f"the layer{'s' * (len(parts.layers) > 1)} {_show(list(parts.layers))}")
             raise MatrixChoiceError(
                 f"There is no {'adata.raw' if key == 'raw' else 'adata.X' if key == 'X' else f'layer {layer!r}'} "
                 f"to export. Available: {', '.join(have)}. Pass one of them as layer=."
@@ -235,11 +239,18 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
     for key in cands:
         judge(key)
     problems = "\n".join(f"  - {cands[k].name} {looks[k][1]}" for k in cands)
+    counts = [k for k in cands if looks[k][0] == "counts"]
+    example = f" (e.g. layer={_layer_arg(counts[0])!r} to export those counts anyway)" if counts else ""
     raise MatrixChoiceError(
         "Could not choose a log-normalised expression matrix to export automatically:\n"
-        f"{problems}\nPass layer= to choose one explicitly (e.g. layer='counts' to export counts anyway), or "
-        "normalise first: sc.pp.normalize_total(adata); sc.pp.log1p(adata)."
+        f"{problems}\nPass layer= to choose one explicitly{example}, or normalise first: "
+        "sc.pp.normalize_total(adata); sc.pp.log1p(adata)."
     )
+
+
+def _layer_arg(key: str) -> str:
+    """The ``layer=`` value that picks a candidate ('X', 'raw' or the layer's name)."""
+    return key.split("/", 1)[1] if key.startswith("layers/") else key
 
 
 # ----------------------------------------------------------------------------------- orientation
