@@ -39,10 +39,15 @@ nb_execution_timeout = 300
 nb_execution_raise_on_error = True
 
 autodoc_typehints = "description"
+# Types go next to what a docstring describes, and nowhere else: a dataclass's fields are documented
+# once, as attributes, not a second time as a bare list of constructor parameters.
+autodoc_typehints_description_target = "documented"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
-napoleon_use_rtype = False
+# The type line of a Returns section becomes the "Return type" (linked), so autodoc adds no second one.
+napoleon_use_rtype = True
+napoleon_preprocess_types = True
 
 html_theme = "furo"
 html_title = "cellucid-export"

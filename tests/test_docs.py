@@ -152,7 +152,7 @@ def test_size_table_is_the_seed_table_computed_by_exportplan():
 
 def test_measured_tradeoffs_regenerate_and_respect_the_bounds():
     gen = _generated()
-    m = gen.measure_tradeoffs(repeats=1)
+    m = gen.measure_tradeoffs()
     n = m["n_cells"] * m["n_genes"]
     assert (m["n_cells"], m["n_genes"]) == (700, 765)
     assert (

@@ -5,6 +5,8 @@ Each refusal names the problem and the fix, and comes before anything is written
 
 from __future__ import annotations
 
+import warnings
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -188,4 +190,22 @@ def test_integers_that_are_also_gene_names():
         match=r"genes=adata\.var_names\[positions\]\. If these numbers are gene names, pass them as text",
     ):
         adata.cellucid.estimate(genes=[0, 1])
-    assert adata.cellucid.estimate(genes=["0", "1"]).n_genes == 2
+    with pytest.warns(cellucid_export.CellucidExportWarning, match="positions, not gene names"):
+        assert adata.cellucid.estimate(genes=["0", "1"]).n_genes == 2
+
+
+def test_positions_as_gene_ids_are_warned_about(pbmc, tmp_path):
+    """An AnnData without gene names gets 0, 1, 2, ... as var_names: the viewer would list numbers."""
+    names = pbmc.raw.var_names.copy()
+    raw = pbmc.raw.to_adata()
+    raw.var_names = [str(i) for i in range(raw.n_vars)]
+    raw.var["symbol"] = list(names)
+    pbmc.raw = raw
+    with pytest.warns(
+        cellucid_export.CellucidExportWarning, match=r"0, 1, 2, \.\.\. 764: positions, not gene"
+    ):
+        pbmc.cellucid.estimate(genes=["0", "1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = pbmc.cellucid.estimate(gene_id_column="symbol", genes=["CD79A"])  # the fix: no warning
+    assert plan.n_genes == 1

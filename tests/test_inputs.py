@@ -238,8 +238,31 @@ def test_not_an_h5ad(tmp_path):
     (tmp_path / "x.h5ad").write_text("hello")
     with pytest.raises(errors.InvalidParameterError, match="not an .h5ad"):
         cellucid_export.export_h5ad(tmp_path / "x.h5ad", tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="No such file"):
+    with pytest.raises(errors.InputNotFoundError, match="No such file"):
         cellucid_export.export_h5ad(tmp_path / "missing.h5ad", tmp_path / "out")
+
+
+def test_a_cut_short_h5ad_is_explained(scrna, tmp_path):
+    full = tmp_path / "full.h5ad"
+    scrna.write_h5ad(full)
+    cut = tmp_path / "cut.h5ad"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size * 9 // 10])
+    for call in (cellucid_export.export_h5ad, cellucid_export.estimate_h5ad):
+        args = (cut, tmp_path / "out") if call is cellucid_export.export_h5ad else (cut,)
+        with pytest.raises(errors.InputReadError, match="a copy or download that did not finish"):
+            call(*args)
+    assert not (tmp_path / "out").exists()
+    from cellucid_export.cli import main
+
+    assert main(["export", str(cut), str(tmp_path / "out"), "--genes", "highly_variable"]) == 2
+
+
+def test_a_matrix_of_another_type_is_explained():
+    from cellucid_export.sources import open_source
+
+    with pytest.raises(errors.UnsupportedMatrixError, match="Cannot read gene expression from a list") as e:
+        open_source([[1.0, 2.0], [3.0, 4.0]])
+    assert isinstance(e.value, TypeError)
 
 
 def test_h5ad_functions_explain_a_wrong_first_argument_and_unknown_options(scrna, tmp_path):

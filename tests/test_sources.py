@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from tests.conftest import folder_digest, make_scrna
@@ -273,7 +274,7 @@ def test_repeated_entries_add_up(fmt, tmp_path):
     summed = twice.toarray()
     umap = rng.random((120, 2), dtype=np.float32)
     for name, x in (("messy", messy), ("summed", summed)):
-        a = ad.AnnData(x, obsm={"X_umap": umap})
+        a = ad.AnnData(x, obsm={"X_umap": umap}, var=pd.DataFrame(index=[f"G{i}" for i in range(x.shape[1])]))
         a.cellucid.export(tmp_path / name, compression=None, progress=False)
     genes = [
         {k: v for k, v in folder_digest(tmp_path / n).items() if k.startswith("var")}

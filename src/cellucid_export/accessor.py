@@ -61,17 +61,18 @@ class CellucidAccessor:
     ) -> ExportResult:
         """Write a viewer-ready dataset: points, cell metadata, graph, genes and the dataset identity.
 
-        See ``docs/dataset.md`` for the files and ``docs/export.md`` for the gene options.
+        See :doc:`/dataset` for the files it writes and :doc:`/export` for the gene options.
 
         Parameters
         ----------
         out_dir
             Folder to create. Nothing appears there until the export is complete.
         layer
-            Which values to export: ``"X"``, ``"raw"`` (``adata.raw.X``) or the name of a layer. ``None``
-            chooses automatically and logs the choice: X when it looks log-normalised, else raw.X when X is
-            scaled (the scanpy tutorial case), else a layer named like ``log1p``/``logcounts``; it never
-            silently exports raw counts.
+            Which values to export: ``"X"``, ``"raw"`` (``adata.raw.X``; a layer named ``"raw"`` when there is
+            no ``adata.raw``) or the name of a layer. ``None`` (unlike scanpy, where it means X) chooses
+            automatically and logs the choice: X when it looks log-normalised, else raw.X when X is scaled
+            (the scanpy tutorial case), else a layer named like ``log1p``/``logcounts``; it never silently
+            exports raw counts.
         genes
             ``None`` (all genes), a boolean mask (array, or Series aligned by gene name), a list of gene
             ids, or the name of a boolean var column such as ``"highly_variable"``. Exporting fewer genes
@@ -88,7 +89,7 @@ class CellucidAccessor:
         layout
             ``"name"``: files named after genes (``var/CD79A.values.u8.gz``), as the user documentation
             describes. ``"index"``: files numbered ``var/0.values.u8.gz``...; what current viewer
-            releases read.
+            releases read. See :doc:`/layouts`.
         max_bytes
             Refuse exports whose gene files exceed this many bytes before compression (default 8 GB;
             strings like ``"20GB"`` work). ``None`` turns the check off. Exports larger than the free disk
@@ -134,14 +135,19 @@ class CellucidAccessor:
             ``None`` (float32, default), 8 or 16 bits for continuous obs values and outlier quantiles.
         obs_categorical_dtype
             ``"auto"`` (uint8 up to 254 categories, else uint16), ``"uint8"`` or ``"uint16"``.
-        centroid_outlier_quantile, centroid_min_points
-            Category label positions ignore the cells beyond this distance quantile (0.95); categories with
-            fewer than ``centroid_min_points`` (10) cells get no label and no outlier quantiles.
+        centroid_outlier_quantile
+            Where each category's label sits: the mean position of the category's cells that lie within
+            this quantile of their distances to the category mean (default 0.95: the farthest 5% of the cells
+            do not pull the label away).
+        centroid_min_points
+            Categories with fewer cells than this (default 10) get no label position and no outlier
+            quantiles.
 
         Returns
         -------
-        :class:`~cellucid_export.ExportResult` with the path, counts, bytes written, the matrix used and
-        why, the genes that held NaN/Inf, and what else was exported (embeddings, obs fields, edges).
+        ExportResult
+            The folder, counts, bytes written, the matrix used and why, the genes that held NaN/Inf, and
+            what else was exported (embeddings, obs fields, graph edges).
 
         """
         return export_parts(
@@ -190,15 +196,35 @@ class CellucidAccessor:
         Takes the same selection arguments as :meth:`export` and validates them the same way, so an
         estimate that succeeds means the export will not fail on its matrix or gene selection. The dataset
         options of :meth:`export` (``embeddings=``, ``obs_keys=``...) are checked by the export itself,
-        also before anything is written. ``max_bytes`` is the limit :meth:`export` applies (the same
-        default); the plan says whether the export stays within it
-        (:attr:`~cellucid_export.ExportPlan.within_max_bytes`).
+        also before anything is written. See :doc:`/size`.
+
+        Parameters
+        ----------
+        layer
+            Which values to export, as in :meth:`export`: ``"X"``, ``"raw"``, a layer name, or ``None``
+            for the automatic choice.
+        genes
+            Which genes, as in :meth:`export`: ``None`` (all), a boolean mask, a list of gene ids or the name
+            of a boolean var column.
+        gene_id_column
+            The var column holding the names the viewer shows, as in :meth:`export`.
+        var_quantization
+            ``8``, ``16`` or ``None`` (float32), as in :meth:`export`; the plan lists the other two as well.
+        compression
+            Gzip level 1-9 or ``None``, as in :meth:`export`. It does not change the estimate, which is the
+            size before compression.
+        layout
+            ``"name"`` or ``"index"``, as in :meth:`export`. It does not change the size, but the name
+            layout refuses gene ids that cannot be file names, and the estimate checks them too.
+        max_bytes
+            The limit :meth:`export` applies, with the same default (8 GB before compression). The plan says
+            whether the export stays within it (:attr:`~cellucid_export.ExportPlan.within_max_bytes`).
 
         Returns
         -------
-        :class:`~cellucid_export.ExportPlan`: cells, genes, bytes per gene, total bytes before
-        compression and number of files; its repr is a table of the sizes at each bit depth and says whether
-        the export stays within ``max_bytes``.
+        ExportPlan
+            Cells, genes, bytes per gene, total bytes before compression and number of files. Printed, it
+            shows the sizes at each bit depth and whether the export stays within ``max_bytes``.
 
         """
         return estimate_parts(

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from ._logging import logger
-from .errors import CellucidExportError
+from .errors import CellucidExportError, ExportNotFoundError
 from .plan import plural
 from .resolve import _show
 from .writer import write_json
@@ -57,12 +57,22 @@ def write_catalog(root: os.PathLike | str, *, default: str | None = None) -> Pat
 
     Returns
     -------
-    The path of ``datasets.json``.
+    pathlib.Path
+        The path of ``datasets.json``. It is written whole or not at all: an interrupted run leaves the
+        previous file in place.
+
+    Raises
+    ------
+    ExportNotFoundError
+        ``root`` is not a folder (also a ``FileNotFoundError``).
+    CatalogError
+        ``root`` holds no dataset folders, a ``dataset_identity.json`` cannot be read, a folder is not
+        named like its dataset id, or ``default`` is not one of the ids (also a ``ValueError``).
 
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"No such folder: {root}. Pass the folder that holds your export folders.")
+        raise ExportNotFoundError(f"No such folder: {root}. Pass the folder that holds your export folders.")
     entries = [
         _entry(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "dataset_identity.json").is_file()
     ]

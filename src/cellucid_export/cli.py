@@ -17,7 +17,7 @@ import numpy as np
 from .catalog import write_catalog
 from .errors import CellucidExportError, InvalidParameterError
 from .export import estimate_h5ad, export_h5ad
-from .inputs import _read_index
+from .inputs import _read_index, check_h5ad_path
 from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, format_bytes, plural
 from .reader import read_export
 from .validate import validate
@@ -80,6 +80,7 @@ def _genes_arg(value: str | None, h5ad: str):
     """--genes takes a boolean var column, comma-separated ids, or @file with one id per line."""
     if value is None:
         return None
+    check_h5ad_path(h5ad)  # before opening it here: a missing or cut-short file gets its own message
     if value.startswith("@"):
         lines = Path(value[1:]).read_text().splitlines()
         return [g.strip() for g in lines if g.strip() and not g.startswith("#")]

@@ -3,7 +3,7 @@
 :func:`resolve_dataset` reads the obs columns, obsm embeddings and obsp graph the export needs,
 validates all of it and computes every payload (they are one value or a few per cell, small next to
 the genes) before anything is written; :func:`write_dataset` then writes them into the staging
-folder. The file format is ``../shared/spec/export-format.md`` section 3.
+folder. The files are described in the documentation's "A viewer-ready dataset" page.
 """
 
 from __future__ import annotations

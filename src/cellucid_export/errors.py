@@ -16,6 +16,8 @@ __all__ = [
     "ExportReadError",
     "ExportTooLargeError",
     "GeneIdCollisionError",
+    "InputNotFoundError",
+    "InputReadError",
     "InvalidGeneIdError",
     "InvalidParameterError",
     "MatrixChoiceError",
@@ -24,6 +26,7 @@ __all__ = [
     "TargetNotWritableError",
     "TargetParentNotFolderError",
     "UnknownGeneError",
+    "UnsupportedMatrixError",
 ]
 
 
@@ -81,6 +84,18 @@ class ExportNotFoundError(CellucidExportError, FileNotFoundError):
 
 class ExportReadError(CellucidExportError, ValueError):
     """A file of an export folder is damaged (cut short, corrupt, or not in the format) and cannot be read."""
+
+
+class InputNotFoundError(CellucidExportError, FileNotFoundError):
+    """The ``.h5ad`` file to export does not exist."""
+
+
+class InputReadError(CellucidExportError, OSError):
+    """The ``.h5ad`` file cannot be read: cut short (an unfinished copy or download), damaged, or not readable."""
+
+
+class UnsupportedMatrixError(CellucidExportError, TypeError):
+    """The expression matrix is of a type the export cannot read."""
 
 
 class CellucidExportWarning(UserWarning):

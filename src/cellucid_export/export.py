@@ -60,15 +60,20 @@ class ExportResult:
     n_genes
         Genes exported.
     n_files
-        Files written (gene files and manifests).
+        Every file the export wrote: gene files and their manifest, and for a viewer-ready export the
+        points, cell metadata, graph and dataset identity too.
     bytes_written
-        Bytes on disk, after compression.
+        Bytes of all those files on disk, after compression.
     source
         The matrix that was read (``"X"``, ``"raw.X"``, ``"layers['log1p']"``).
     source_reason
         Why that matrix was chosen.
-    layout, var_quantization, compression
-        The format options used.
+    layout
+        How the gene files are named: ``"name"`` (after the genes) or ``"index"`` (numbered).
+    var_quantization
+        How the gene values are stored: 8 or 16 bits, or ``None`` (float32).
+    compression
+        The gzip level of the files, or ``None`` (not compressed).
     nonfinite_genes
         Genes that held NaN or +/-Inf, with counts (written as the missing marker when quantized).
     plan
@@ -481,25 +486,32 @@ def _check_keywords(kwargs: dict, call: str, *functions) -> None:
 
 
 def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -> ExportResult:
-    """Export gene expression straight from an ``.h5ad`` file, reading only the chosen matrix.
+    """Export straight from an ``.h5ad`` file, reading only what the export needs.
 
-    The file is opened read-only; ``obs`` names and the ``var`` tables are read, and the matrix
-    (``X``, ``layers/<name>`` or ``raw/X``) is streamed in blocks, so memory stays within
-    ``memory_budget`` whatever the file size. Other layers are never loaded (anndata's backed
-    mode would load them all).
+    The file is opened read-only. The cell names and the ``var`` tables are read, then only the
+    exported parts: the chosen ``obs`` columns, ``obsm`` entries (embeddings, the latent space,
+    vector fields) and the ``obsp`` graph. The expression matrix (``X``, ``layers/<name>`` or
+    ``raw/X``) is streamed in blocks, so memory stays within ``memory_budget`` whatever the file
+    size. Other layers are never loaded (anndata's backed mode would load them all). See
+    :doc:`/large-data`.
 
     Parameters
     ----------
     path
         The ``.h5ad`` file.
     out_dir
-        The export folder to create.
+        The export folder to create. Nothing appears there until the export is complete.
     **kwargs
-        The same keyword arguments as :meth:`CellucidAccessor.export`.
+        Any keyword argument of :meth:`CellucidAccessor.export <cellucid_export.CellucidAccessor.export>`,
+        with the same meaning and defaults: ``layer``, ``genes``, ``var_quantization``,
+        ``max_bytes``, ``embeddings``, ``obs_keys``... An unknown name is refused before anything
+        is read.
 
     Returns
     -------
-    :class:`ExportResult`
+    ExportResult
+        What was written, as returned by :meth:`CellucidAccessor.export
+        <cellucid_export.CellucidAccessor.export>`.
 
     """
     check_h5ad_path(path)
@@ -509,7 +521,28 @@ def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -
 
 
 def estimate_h5ad(path: os.PathLike | str, **kwargs) -> ExportPlan:
-    """Size plan for an export from an ``.h5ad`` file (see :func:`export_h5ad`); writes nothing."""
+    """The size of an export from an ``.h5ad`` file (see :func:`export_h5ad`), without writing anything.
+
+    Reads the cell names, the ``var`` tables and, when ``layer=None``, a sample of cells from the
+    matrices it chooses between; never a whole matrix.
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file.
+    **kwargs
+        The selection options of :meth:`CellucidAccessor.estimate
+        <cellucid_export.CellucidAccessor.estimate>`, with the same meaning and defaults:
+        ``layer``, ``genes``, ``gene_id_column``, ``var_quantization``, ``compression``,
+        ``layout`` and ``max_bytes``. An unknown name is refused.
+
+    Returns
+    -------
+    ExportPlan
+        Cells, genes, bytes before compression and number of files, and whether the export stays
+        within ``max_bytes``.
+
+    """
     check_h5ad_path(path)
     _check_keywords(kwargs, "estimate_h5ad", estimate_parts)
     with h5py.File(path, "r") as f:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from .errors import InputReadError
+
 __all__ = ["RawLayout", "RawReader", "raw_layout"]
 
 #: Elements compared between h5py and a raw read at each end of a dataset before trusting the raw path.
@@ -146,5 +148,8 @@ def _read_at(fh: io.FileIO, view: memoryview, offset: int) -> None:
             fh.seek(offset)
             n = fh.readinto(view)
         if not n:
-            raise OSError(f"{fh.name} ended early: the .h5ad file may be truncated")
+            raise InputReadError(
+                f"{fh.name} ended early: the .h5ad file may be truncated (it changed or shrank while being read). "
+                "Copy it again and export again."
+            )
         view, offset = view[n:], offset + n

@@ -14,7 +14,7 @@ import pandas as pd
 from anndata import AnnData
 from anndata.io import read_elem
 
-from .errors import InvalidParameterError
+from .errors import InputNotFoundError, InputReadError, InvalidParameterError
 from .resolve import AnnDataParts
 
 __all__ = ["parts_from_anndata", "parts_from_h5ad"]
@@ -133,9 +133,30 @@ def check_h5ad_path(path: os.PathLike) -> None:
         )
         raise InvalidParameterError(f"Expected the path of an .h5ad file, got {type(path).__name__}.{hint}")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No such file: {path}. Check the path to your .h5ad file.")
-    if not h5py.is_hdf5(path):
+        raise InputNotFoundError(f"No such file: {path}. Check the path to your .h5ad file.")
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError as e:  # e.g. no permission to read it
+        raise InputReadError(
+            f"{path} cannot be read ({e.strerror or e}). Check the file's permissions."
+        ) from None
+    if not is_hdf5:
         raise InvalidParameterError(
             f"{path} is not an .h5ad (HDF5) file. For .zarr, .loom or .csv, read it with anndata or scanpy "
             "and call adata.cellucid.export()."
         )
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError as e:
+        # HDF5 compares the file's length with the one it recorded: a cut-short file fails here.
+        cut = "truncated" in str(e)
+        raise InputReadError(
+            f"{path} cannot be opened as an .h5ad file ({e})."
+            + (
+                " It is shorter than HDF5 recorded: a copy or download that did not finish. Copy it again "
+                "(compare its size with the original) and export again."
+                if cut
+                else " Check that the file is complete and readable: anndata.read_h5ad(path) should open it."
+            )
+        ) from None

@@ -21,18 +21,25 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from ._logging import logger, warn
 from .codec import gunzip_strict
-from .errors import CellucidExportWarning, ExportReadError, InvalidParameterError
+from .errors import CellucidExportWarning, ExportNotFoundError, ExportReadError, InvalidParameterError
 from .export import ExportResult, export_parts
 from .inputs import check_h5ad_path, parts_from_anndata, parts_from_h5ad
 from .plan import DEFAULT_MAX_BYTES, ExportPlan, format_bytes, parse_bytes
 from .reader import Export, read_export
 from .resolve import resolve
+
+if TYPE_CHECKING:  # matplotlib is optional and imported only when drawing
+    import pandas as pd
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
 
 __all__ = ["gene", "size_plan"]
 
@@ -83,11 +90,26 @@ def read_points(export_dir: os.PathLike | str, dimension: int | None = None) -> 
     dimension
         1, 2 or 3. ``None``: 2 when exported, else the dataset's default dimension.
 
+    Returns
+    -------
+    numpy.ndarray
+        float32 of shape ``(n_cells, dimension)``, one row per cell in the export's order: the
+        embedding rescaled to [-1, 1], as the viewer draws it.
+
+    Raises
+    ------
+    ExportNotFoundError
+        The folder has no ``dataset_identity.json`` (it was exported without an embedding).
+    InvalidParameterError
+        The export has no points of that dimension.
+    ExportReadError
+        The points file is missing, cut short or damaged.
+
     """
     path = Path(export_dir)
     ident_path = path / "dataset_identity.json"
     if not ident_path.is_file():
-        raise FileNotFoundError(
+        raise ExportNotFoundError(
             f"{path} has no dataset_identity.json, so it holds no cell positions to draw: it was exported "
             "without an embedding. Export again from an AnnData with an obsm['X_umap']."
         )
@@ -197,17 +219,17 @@ def gene(
     export_dir: os.PathLike | str | ExportResult,
     gene: str,
     *,
-    adata=None,
+    adata: AnnData | os.PathLike | str | None = None,
     basis: str = "umap",
     layer: str | None = None,
     dimension: int | None = None,
-    cmap="viridis",
+    cmap: str | Colormap = "viridis",
     size: float | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
-    ax=None,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
-):
+) -> Axes | list[Axes] | None:
     """Draw a gene as the viewer will show it, next to the same gene from the AnnData.
 
     The left panel is the export: the cells at their exported positions (``points_{d}d.bin``),
@@ -233,25 +255,33 @@ def gene(
     layer
         Matrix of the AnnData panel: ``"X"``, ``"raw"`` or a layer name. ``None``: the matrix of
         the :class:`~cellucid_export.ExportResult` when one is passed, else the matrix the export
-        picks automatically (see "Choosing what to export").
+        picks automatically (see :doc:`/choosing`).
     dimension
         Which exported points to draw (1, 2 or 3). Default: the dimension of ``obsm["X_<basis>"]``
         when ``adata`` is given, else 2. 3-D points are drawn seen along their third axis, 1-D
         points on a line.
     cmap
-        Colour map. Cells without a value (NaN, the missing marker) are grey.
+        Colour map: a matplotlib name such as ``"viridis"`` or ``"Reds"``, or a Colormap. Cells without
+        a value (NaN, the missing marker) are grey.
     size
         Point size; default ``120000 / n_cells`` as scanpy.
-    vmin, vmax
-        Colour scale; default the smallest and largest value of both panels.
+    vmin
+        The value drawn in the lowest colour of the scale, in both panels; default the smallest
+        value of both panels.
+    vmax
+        The value drawn in the highest colour of the scale, in both panels; default the largest
+        value of both panels.
     ax
-        A matplotlib Axes to draw the export on, or two Axes when ``adata`` is given.
+        A matplotlib Axes to draw the export on, or two Axes (export, AnnData) when ``adata`` is
+        given.
     show
         Show the figure. Default: show when the function made the figure (``ax=None``).
 
     Returns
     -------
-    When ``show`` is False: the Axes of the export, or ``[export_axes, adata_axes]`` with ``adata``.
+    Axes or list of Axes or None
+        ``None`` when the figure is shown. Otherwise the Axes of the export, or
+        ``[export_axes, adata_axes]`` with ``adata``.
 
     Examples
     --------
@@ -343,7 +373,7 @@ def gene(
 # ------------------------------------------------------------------------------------ size plan
 
 
-def _open_parts(data, stack: contextlib.ExitStack):
+def _open_parts(data: AnnData | os.PathLike | str, stack: contextlib.ExitStack):
     """AnnData or a path to an .h5ad file -> the parts the export reads."""
     if isinstance(data, str | os.PathLike):
         check_h5ad_path(data)
@@ -352,7 +382,13 @@ def _open_parts(data, stack: contextlib.ExitStack):
 
 
 def measure_sizes(
-    data, *, layer=None, genes=None, gene_id_column=None, compression: int = 6, n_sample_genes: int = 20
+    data: AnnData | os.PathLike | str,
+    *,
+    layer: str | None = None,
+    genes: str | Sequence[str] | Sequence[bool] | np.ndarray | pd.Series | None = None,
+    gene_id_column: str | None = None,
+    compression: int = 6,
+    n_sample_genes: int = 20,
 ) -> dict:
     """Sizes of an export at 8, 16 and 32 bits, before and after gzip.
 
@@ -362,10 +398,33 @@ def measure_sizes(
     by the number of genes. How well gzip works depends on the data (mostly on how many zeros it
     holds), so a measurement on your genes beats a rule of thumb.
 
+    Parameters
+    ----------
+    data
+        An AnnData, or the path of an ``.h5ad`` file (opened read-only, as by
+        :func:`~cellucid_export.export_h5ad`).
+    layer
+        Which values, as in :meth:`~cellucid_export.CellucidAccessor.export`: ``"X"``, ``"raw"``, a
+        layer name, or ``None`` for the automatic choice.
+    genes
+        Which genes, as in :meth:`~cellucid_export.CellucidAccessor.export`: ``None`` (all), a boolean
+        mask, a list of gene ids or the name of a boolean var column.
+    gene_id_column
+        The var column holding the names the viewer shows, as in
+        :meth:`~cellucid_export.CellucidAccessor.export`.
+    compression
+        The gzip level to measure, 1 to 9 (default 6, the export's default).
+    n_sample_genes
+        How many of the selected genes to export for the measurement (default 20; all of them when
+        fewer are selected). More genes give a steadier estimate and take longer.
+
     Returns
     -------
-    ``{"plan": ExportPlan, "sampled_genes": [...], "bytes": {(bits, compression): bytes}}`` with
-    ``bits`` in 8, 16, None (float32) and ``compression`` None or the level given.
+    dict
+        ``"plan"``: the :class:`~cellucid_export.ExportPlan` of the 8-bit export; ``"sampled_genes"``:
+        the ids of the genes measured; ``"bytes"``: ``{(bits, level): bytes}``, the size of all the
+        selected genes, with ``bits`` 8, 16 or ``None`` (float32) and ``level`` ``None`` (before compression) or
+        ``compression``.
 
     """
     if not isinstance(n_sample_genes, int) or n_sample_genes < 1:
@@ -408,17 +467,17 @@ def measure_sizes(
 
 
 def size_plan(
-    data,
+    data: AnnData | os.PathLike | str | ExportPlan,
     *,
     layer: str | None = None,
-    genes=None,
+    genes: str | Sequence[str] | Sequence[bool] | np.ndarray | pd.Series | None = None,
     gene_id_column: str | None = None,
     compression: int = 6,
     n_sample_genes: int = 20,
     max_bytes: int | str | None = DEFAULT_MAX_BYTES,
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
-):
+) -> Axes | None:
     """Bar plot of the size of an export at each bit depth, with and without gzip.
 
     Parameters
@@ -428,8 +487,15 @@ def size_plan(
         AnnData or a file the gzip sizes are measured on a sample of the genes (see
         :func:`measure_sizes`); an ``ExportPlan`` holds no values, so only the sizes before compression
         are drawn.
-    layer, genes, gene_id_column
-        Which values and genes, as in :meth:`~cellucid_export.CellucidAccessor.estimate`.
+    layer
+        Which values, as in :meth:`~cellucid_export.CellucidAccessor.estimate`: ``"X"``, ``"raw"``, a
+        layer name, or ``None`` for the automatic choice. Ignored for an ``ExportPlan``.
+    genes
+        Which genes, as in :meth:`~cellucid_export.CellucidAccessor.estimate`: ``None`` (all), a boolean
+        mask, a list of gene ids or the name of a boolean var column. Ignored for an ``ExportPlan``.
+    gene_id_column
+        The var column holding the names the viewer shows, as in
+        :meth:`~cellucid_export.CellucidAccessor.estimate`. Ignored for an ``ExportPlan``.
     compression
         The gzip level to measure (default 6, the export's default).
     n_sample_genes
@@ -444,8 +510,9 @@ def size_plan(
 
     Returns
     -------
-    When ``show`` is False: the Axes. The bars are grouped by storage (uint8, uint16, float32);
-    each bar's height is a number of bytes.
+    Axes or None
+        ``None`` when the figure is shown, else the Axes. The bars are grouped by storage (uint8,
+        uint16, float32); each bar's height is a number of bytes.
 
     """
     if compression is None or isinstance(compression, bool) or compression not in range(1, 10):

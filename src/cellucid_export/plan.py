@@ -20,9 +20,9 @@ from .quantize import PAYLOAD_KINDS, payload_row_bytes
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MEMORY_BUDGET", "ExportPlan", "check_plan", "parse_bytes"]
 
-#: Default ``max_bytes``: exports whose uncompressed gene payload exceeds this are refused.
+#: Default ``max_bytes`` (8 GB): exports whose gene files exceed this before compression are refused.
 DEFAULT_MAX_BYTES = 8 * 10**9
-#: Default ``memory_budget``: working memory for gene blocks (read buffers, codes, payloads).
+#: Default ``memory_budget`` (512 MiB): working memory for gene blocks (read buffers, codes, payloads).
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 
 _DTYPE = {bits: dtype for bits, (_, dtype) in PAYLOAD_KINDS.items()}
@@ -89,17 +89,20 @@ class ExportPlan:
 
     Attributes
     ----------
-    n_cells, n_genes
-        Cells and exported genes.
+    n_cells
+        Cells: each gene file holds one value per cell.
+    n_genes
+        Genes to export.
     var_quantization
         8, 16 or ``None`` (float32).
     compression
         Gzip level 1-9 or ``None``.
-    bytes_per_gene
-        Uncompressed bytes of one gene file (``n_cells * itemsize``).
-    payload_bytes
-        Uncompressed bytes of all gene files. Gzip typically shrinks quantized sparse data 4-10x.
-    n_files
+    bytes_per_gene : int
+        Bytes of one gene file before compression (``n_cells`` x bytes per value).
+    payload_bytes : int
+        Bytes of all gene files before compression: what ``max_bytes`` limits. Gzip shrinks them
+        2 to 10 times, depending on the data (see :doc:`/size`).
+    n_files : int
         Files the gene export writes (one per gene plus ``var_manifest.json``).
     source
         Which matrix is read, e.g. ``"raw.X"``.
@@ -117,12 +120,16 @@ class ExportPlan:
 
     @property
     def within_max_bytes(self) -> bool:
-        """Whether an export with these settings passes the ``max_bytes`` check (free disk space aside)."""
+        """Whether an export with these settings passes the ``max_bytes`` check.
+
+        True when ``payload_bytes`` is at most ``max_bytes``, or when there is no limit. The export
+        also refuses to write more than the free disk space, which is checked only when it runs.
+        """
         return self.max_bytes is None or self.payload_bytes <= self.max_bytes
 
     @property
     def dtype(self) -> str:
-        """Dtype of the gene files."""
+        """How each value is stored in the gene files (``"uint8"``, ``"uint16"`` or ``"float32"``)."""
         return _DTYPE[self.var_quantization]
 
     @property
@@ -132,7 +139,7 @@ class ExportPlan:
 
     @property
     def payload_bytes(self) -> int:
-        """Uncompressed bytes of all gene files."""
+        """Bytes of all gene files before compression (gzip shrinks them 2 to 10 times, depending on the data)."""
         return self.bytes_per_gene * self.n_genes
 
     @property
@@ -141,7 +148,15 @@ class ExportPlan:
         return self.n_genes + (1 if self.n_genes else 0)
 
     def table(self) -> str:
-        """The size of this export next to the alternatives, as in the user documentation."""
+        """The size of this export next to the same export at the other bit depths.
+
+        Returns
+        -------
+        str
+            A text table with one row per storage (uint8, uint16, float32): bytes per cell, per gene
+            and for all genes, before compression. The row of this export is marked.
+
+        """
         rows = [f"{'dtype':<8} {'bytes/cell':>10} {'per gene':>11} {'all genes':>11}"]
         for bits in (8, 16, None):
             per = self.n_cells * _ITEMSIZE[bits]

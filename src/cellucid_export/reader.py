@@ -6,6 +6,7 @@ import difflib
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -93,16 +94,20 @@ class Export:
 
     Attributes
     ----------
-    path
+    path : pathlib.Path
         The folder.
-    manifest
+    manifest : dict
         ``var_manifest.json`` as a dict.
-    layout
+    layout : str
         ``"name"`` (files named by gene) or ``"index"`` (files numbered).
-    gene_ids
+    gene_ids : list of str
         Exported gene ids, in export order.
-    n_cells
+    n_cells : int
         Cells per gene vector.
+    bits : int or None
+        8 or 16 when the values are stored as whole-number codes, ``None`` for float32 values.
+    dtype : numpy.dtype
+        How each value is stored in the gene files: uint8, uint16 or float32.
 
     """
 
@@ -164,7 +169,24 @@ class Export:
         return gene_id in self._entries
 
     def file(self, gene_id: str) -> Path:
-        """The payload file of a gene."""
+        """The file that holds a gene's values.
+
+        Parameters
+        ----------
+        gene_id
+            A gene id of the export, as the viewer lists it (one of :attr:`gene_ids`).
+
+        Returns
+        -------
+        pathlib.Path
+            The file's path inside the export folder (it may be missing; :meth:`raw` checks).
+
+        Raises
+        ------
+        UnknownGeneError
+            The gene was not exported (the message names the closest exported ids).
+
+        """
         idx, _ = self._entry(gene_id)
         pattern = self.manifest["_varSchema"]["pathPattern"]
         return self.path / pattern.replace("{index}", str(idx)).replace("{key}", safe_name(gene_id))
@@ -187,10 +209,23 @@ class Export:
         return f", e.g. {', '.join(self.gene_ids[:5])}"
 
     def raw(self, gene_id: str) -> np.ndarray:
-        """The stored payload of a gene: codes (uint8/uint16) or float32 values.
+        """The values of a gene exactly as stored: whole-number codes (8 or 16 bits) or float32 values.
+
+        Parameters
+        ----------
+        gene_id
+            A gene id of the export (one of :attr:`gene_ids`).
+
+        Returns
+        -------
+        numpy.ndarray
+            One value per cell: uint8 or uint16 codes when the export is quantized (the largest code
+            marks a missing value), else float32 values. :meth:`gene` decodes them.
 
         Raises
         ------
+        UnknownGeneError
+            The gene was not exported.
         ExportNotFoundError
             The gene's file is not in the folder.
         ExportReadError
@@ -228,19 +263,45 @@ class Export:
         return np.frombuffer(data, dtype=self.dtype)
 
     def bounds(self, gene_id: str) -> tuple[float, float] | None:
-        """``(min, max)`` of a quantized gene, as stored in the manifest."""
+        """The range a quantized gene's codes span, as stored in ``var_manifest.json``.
+
+        Parameters
+        ----------
+        gene_id
+            A gene id of the export (one of :attr:`gene_ids`).
+
+        Returns
+        -------
+        tuple of float or None
+            ``(min, max)`` of the gene's finite values: code 0 decodes to ``min`` and code ``M`` (254 at
+            8 bits, 65,534 at 16 bits) to ``max``. ``None`` when the export stores float32 values.
+
+        """
         _, b = self._entry(gene_id)
         return (float(b[0]), float(b[1])) if self.bits else None
 
     def gene(self, gene_id: str) -> np.ndarray:
-        """Decoded float32 values of a gene, one per cell; NaN where the missing marker was written.
+        """The values of a gene as the viewer decodes them.
+
+        Parameters
+        ----------
+        gene_id
+            A gene id of the export (one of :attr:`gene_ids`).
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, one value per cell; NaN where the missing marker was written (the source held NaN
+            or +/-Inf). Quantized values are within half a :meth:`step` of the exported ones.
 
         Raises
         ------
         UnknownGeneError
             The gene was not exported (the message names the closest exported ids).
-        ExportNotFoundError, ExportReadError
-            The gene's file is missing or damaged; see :meth:`raw`.
+        ExportNotFoundError
+            The gene's file is not in the folder.
+        ExportReadError
+            The gene's file is cut short, corrupt or of the wrong length.
 
         """
         arr = self.raw(gene_id)
@@ -250,14 +311,50 @@ class Export:
         return dequantize(arr, lo, hi, self.bits)
 
     def step(self, gene_id: str) -> float:
-        """The quantization step ``(max - min) / M`` of a gene (0 for float32)."""
+        """The difference between two neighbouring codes of a gene, in the gene's units.
+
+        Parameters
+        ----------
+        gene_id
+            A gene id of the export (one of :attr:`gene_ids`).
+
+        Returns
+        -------
+        float
+            ``(max - min) / M`` with ``M`` = 254 (8-bit) or 65,534 (16-bit): a decoded value differs
+            from the exported one by at most half of it. 0 for float32 exports.
+
+        """
         if self.bits is None:
             return 0.0
         lo, hi = self.bounds(gene_id)
         return (hi - lo) / STEPS[self.bits]
 
-    def to_array(self, genes=None) -> np.ndarray:
-        """A dense ``(n_cells, n_genes)`` float32 array of decoded genes (all genes by default)."""
+    def to_array(self, genes: Iterable[str] | None = None) -> np.ndarray:
+        """Several decoded genes as one dense array, cells x genes.
+
+        Parameters
+        ----------
+        genes
+            Gene ids of the export, in the column order wanted. ``None``: all genes, in export order
+            (:attr:`gene_ids`). The array holds one float32 per cell and gene, so a large export may not
+            fit in memory: pick the genes you need.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 of shape ``(n_cells, len(genes))``, decoded as by :meth:`gene`.
+
+        Raises
+        ------
+        UnknownGeneError
+            A gene was not exported.
+        ExportNotFoundError
+            A gene's file is not in the folder.
+        ExportReadError
+            A gene's file is cut short, corrupt or of the wrong length.
+
+        """
         genes = self.gene_ids if genes is None else list(genes)
         out = np.empty((self.n_cells, len(genes)), np.float32)
         for j, g in enumerate(genes):
@@ -269,6 +366,17 @@ def read_export(path: os.PathLike | str) -> Export:
     """Open an export folder written by this package or by ``cellucid`` 0.0.9 / 0.9.1.
 
     Only ``var_manifest.json`` is read here; gene files are read (and checked) when a gene is asked for.
+
+    Parameters
+    ----------
+    path
+        The export folder (the one holding ``var_manifest.json``), in either layout.
+
+    Returns
+    -------
+    Export
+        The folder, ready to decode genes: :meth:`Export.gene <cellucid_export.Export.gene>` for one,
+        :meth:`Export.to_array <cellucid_export.Export.to_array>` for several.
 
     Raises
     ------

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ._logging import warn
 from .errors import (
     DuplicateGeneError,
     GeneIdCollisionError,
@@ -267,8 +268,8 @@ def _check_orientation(parts: AnnDataParts, cand: _Candidate, source: GeneBlockS
     if (n_rows, n_cols) != (n_obs, n_var):
         flipped = (n_rows, n_cols) == (n_var, n_obs)
         raise OrientationError(
-            f"var has {n_var} rows but gene_expression has {n_cols} genes: {cand.name} is {n_rows} x {n_cols}, "
-            f"but the export needs cells x genes = {n_obs} x {n_var}."
+            f"var has {n_var} rows but gene_expression has {n_cols} genes: the expression matrix, {cand.name}, "
+            f"is {n_rows} x {n_cols}, but the export needs cells x genes = {n_obs} x {n_var}."
             + (" It looks transposed (genes x cells): store it transposed, cells as rows." if flipped else "")
         )
     if _looks_like_barcodes(cand.var.index) > 0.5 and _looks_like_barcodes(parts.obs_names) < 0.1:
@@ -397,7 +398,7 @@ def _select(
         missing = wanted[pos < 0]
         if len(missing):
             raise UnknownGeneError(
-                f"{what} selects {len(missing)} genes that {cand.name} does not have: {_show(missing)}."
+                f"{what} selects {plural(len(missing), 'gene')} that {cand.name} does not have: {_show(missing)}."
             )
         return np.sort(pos)
 
@@ -508,7 +509,8 @@ def _select(
     missing = ids[pos < 0]
     if len(missing):
         raise UnknownGeneError(
-            f"{len(missing)} of the requested genes are not in {cand.name}: {_show(missing)}. "
+            f"{len(missing)} of the requested genes {'is' if len(missing) == 1 else 'are'} not in {cand.name}: "
+            f"{_show(missing)}. "
             "Check the spelling and whether var_names hold symbols or Ensembl ids (see gene_id_column=)."
         )
     return pos.astype(np.int64), plural(len(ids), "listed gene")
@@ -559,7 +561,8 @@ def _check_ids(ids: Sequence, where: str) -> list[str]:
     empty = [x for x in ids if not x.strip()]
     if empty:
         raise InvalidGeneIdError(
-            f"{len(empty)} gene ids in {where} are empty. Give every exported gene a name."
+            f"{plural(len(empty), 'gene id')} in {where} {'is' if len(empty) == 1 else 'are'} empty. Give every "
+            "exported gene a name."
         )
     padded = [x for x in ids if x != x.strip()]
     if padded:
@@ -645,6 +648,14 @@ def resolve(parts: AnnDataParts, *, layer=None, genes=None, gene_id_column=None,
     if len(pos) == 0:
         raise InvalidParameterError(f"No genes selected ({what}). Select at least one gene to export.")
     ids = _check_ids(list(all_ids[pos]), where)
+    if len(all_ids) > 1 and pd.Index(all_ids).equals(pd.Index([str(i) for i in range(len(all_ids))])):
+        # What anndata makes up when a file has no gene names: the viewer's gene search would list numbers.
+        warn(
+            f"The gene ids in {where} are 0, 1, 2, ... {len(all_ids) - 1}: positions, not gene names, so the "
+            "viewer's gene search will list numbers. The gene names are probably missing from var: set them "
+            "(adata.var_names = adata.var['gene_symbols'], or whichever column holds them), or pass "
+            "gene_id_column= naming that column."
+        )
     if layout == "name":
         check_name_layout(ids)
     return Selection(source, cand.name, reason, pos, ids, gene_id_column, parts.n_obs, [what])

@@ -30,6 +30,7 @@ from . import _kernels as kernels
 from ._kernels import RECORD
 from ._parallel import in_threads
 from .blocks import CSRPass, GeneRecords, SparseGenes, SparseStats
+from .errors import UnsupportedMatrixError
 from .h5raw import raw_layout
 from .quantize import payload_buffer
 
@@ -635,7 +636,7 @@ def open_source(x, obs_idx=None) -> GeneBlockSource:
         return DaskArray(x, obs_idx)
     if hasattr(x, "shape") and len(x.shape) == 2:
         return InMemoryDense(np.asarray(x), obs_idx)
-    raise TypeError(
+    raise UnsupportedMatrixError(
         f"Cannot read gene expression from a {type(x).__name__}. Supported: numpy arrays, scipy sparse "
         "matrices, dask arrays and matrices stored in an .h5ad file."
     )

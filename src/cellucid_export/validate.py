@@ -652,8 +652,13 @@ def validate(path: os.PathLike | str, *, genes_only: bool = False, decode_genes:
 
     Returns
     -------
-    The problems found, each a sentence naming the file; an empty list when the viewer will open the folder.
-    A damaged folder (files cut short, manifests of the wrong shape) is reported here, never raised.
+    list of str
+        The problems found, each a sentence naming the file; an empty list when the viewer will open the
+        folder. A damaged folder (files cut short, manifests of the wrong shape) is reported here, never
+        raised.
+
+    Notes
+    -----
     Checked: exact key sets of every manifest, counts and field lists against the identity, every payload's
     length after decompression, the gzip envelope (one member, nothing after it, reserved flags zero, ISIZE),
     dense indices in the index layout and file-name collisions in the name layout, codes within range,
