@@ -148,3 +148,16 @@ def test_cli_inspect_damaged_export_prints_one_line(q8, tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "missing_dir")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing_dir does not exist" in err
+
+
+def test_an_export_replaced_after_opening_is_not_read_with_the_old_ranges(pbmc, tmp_path):
+    target = tmp_path / "out"
+    pbmc.cellucid.export(target, genes=["CD79A", "MS4A1"], progress=False)
+    opened = cellucid_export.read_export(target)
+    opened.gene("CD79A")
+    pbmc.raw.X.data *= 3  # other values, other ranges
+    pbmc.cellucid.export(target, genes=["CD79A", "MS4A1"], overwrite=True, progress=False)
+    with pytest.raises(cellucid_export.errors.ExportReadError, match="changed since it was opened"):
+        opened.gene("CD79A")
+    fresh = cellucid_export.read_export(target).gene("CD79A")
+    np.testing.assert_allclose(fresh, pbmc.raw[:, "CD79A"].X.toarray().ravel(), atol=fresh.max() / 254)

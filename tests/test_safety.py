@@ -386,3 +386,90 @@ def test_a_failed_export_removes_the_folders_it_made_above_the_target(tmp_path, 
             tmp_path / "exports" / "new" / "pbmc", progress=False
         )
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["exports", "keep.txt"]
+
+
+def test_ctrl_c_while_the_staging_folder_is_made_leaves_nothing(scrna, tmp_path, monkeypatch):
+    import pathlib
+
+    real_mkdir = pathlib.Path.mkdir
+
+    def then_interrupt(self, *a, **k):
+        real_mkdir(self, *a, **k)
+        if ".staging-" in self.name:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        scrna.cellucid.export(tmp_path / "new" / "sub" / "out", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("when", ["moving", "removing"])
+def test_ctrl_c_while_publishing_waits_for_the_swap_and_the_removal(scrna, tmp_path, monkeypatch, when):
+    """Between moving the old export aside and removing it, Ctrl-C waits: no missing target, no half-removed
+    old folder. The export is complete when the interrupt is raised, and the error says so."""
+    target = tmp_path / "out"
+    scrna.cellucid.export(target, genes=["G1"], progress=False)
+    real_replace, real_rmtree = os.replace, writer.shutil.rmtree
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if when == "moving" and ".old-" in str(dst):
+            signal.raise_signal(signal.SIGINT)  # right after the old export went aside
+
+    def rmtree(path, *a, **k):
+        if when == "removing" and ".old-" in str(path):
+            signal.raise_signal(signal.SIGINT)
+        return real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(writer.os, "replace", replace)
+    monkeypatch.setattr(writer.shutil, "rmtree", rmtree)
+    with pytest.raises(
+        writer.InterruptedAfterPublish, match=f"after the export was complete: {target} holds it"
+    ):
+        scrna.cellucid.export(target, genes=["G2", "G3"], overwrite=True, progress=False)
+    assert cellucid_export.read_export(target).gene_ids == ["G2", "G3"]
+    assert cellucid_export.validate(target) == []
+    assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("dangling", [True, False])
+def test_a_link_at_the_target_is_never_replaced(scrna, tmp_path, dangling):
+    elsewhere = tmp_path / "elsewhere"
+    if not dangling:
+        scrna.cellucid.export(elsewhere, genes=["G1"], progress=False)
+    link = tmp_path / "out"
+    link.symlink_to(elsewhere)
+    for overwrite in (False, True):
+        with pytest.raises(errors.ExportExistsError, match="is a link .*Export into the folder it points to"):
+            scrna.cellucid.export(link, genes=["G1"], overwrite=overwrite, progress=False)
+        assert link.is_symlink()
+
+
+def test_a_target_inside_a_previous_export_is_refused(scrna, tmp_path):
+    prev = tmp_path / "prev"
+    scrna.cellucid.export(prev, genes=["G1"], progress=False)
+    before = folder_digest(prev)
+    with pytest.raises(
+        errors.InvalidParameterError, match=f"is inside the export {prev}: .*e.g. {tmp_path / 'sub'}"
+    ):
+        scrna.cellucid.export(prev / "sub", genes=["G1"], progress=False)
+    assert folder_digest(prev) == before
+
+
+def test_n_jobs_true_is_not_one(scrna, tmp_path):
+    with pytest.raises(errors.InvalidParameterError, match="n_jobs must be a positive integer"):
+        scrna.cellucid.export(tmp_path / "o", n_jobs=True, progress=False)
+
+
+def test_a_read_only_disk_is_named_as_such(scrna, tmp_path, monkeypatch):
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, path):
+            self.f_flag = real(path).f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(writer.os, "statvfs", ReadOnly)
+    with pytest.raises(errors.TargetNotWritableError, match="is on a read-only disk"):
+        scrna.cellucid.export(tmp_path / "o", progress=False)

@@ -324,3 +324,17 @@ def test_only_repeated_entries_cost_the_sorted_reading(adata, tmp_path):
             (block,) = src.blocks(np.arange(80), 80)
             np.testing.assert_allclose(block.toarray(), adata.X.toarray(), rtol=1e-6, atol=1e-6)
             assert src._canonicalise is resorted
+
+
+@pytest.mark.parametrize("kind", ["csr", "dense"])
+def test_a_matrix_of_a_closed_file_is_explained(adata, h5ads, kind):
+    from anndata.io import sparse_dataset
+
+    f = h5py.File(h5ads[kind], "r")
+    x = sparse_dataset(f["X"]) if kind == "csr" else f["X"]
+    a = ad.AnnData(x, obs=adata.obs, var=adata.var, obsm=adata.obsm)
+    f.close()
+    with pytest.raises(cellucid_export.errors.InputReadError, match="file holding this matrix was closed"):
+        a.cellucid.estimate(layer="X")
+    with pytest.raises(cellucid_export.errors.InputReadError, match="was closed"):
+        a.cellucid.estimate()  # the automatic choice says so too, rather than 'cannot be read'

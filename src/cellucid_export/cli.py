@@ -21,6 +21,7 @@ from .inputs import _read_index, check_h5ad_path
 from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, format_bytes, plural
 from .reader import read_export
 from .validate import validate
+from .writer import InterruptedAfterPublish
 
 # Messages are written for Python callers ("pass layer='counts'"); from a shell the same advice names the option.
 _OPTIONS = {
@@ -419,6 +420,9 @@ def _run(args) -> int:
     except (CellucidExportError, FileNotFoundError, KeyError) as e:
         print(f"error: {_shell_words(str(e))}", file=sys.stderr)
         return 2
+    except InterruptedAfterPublish as e:
+        print(f"interrupted, {e}.", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted: nothing was written to the target folder.", file=sys.stderr)
         return 130

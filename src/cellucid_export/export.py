@@ -144,13 +144,18 @@ class ExportResult:
         p.text(repr(self))
 
 
+#: Threads reading a sparse matrix at most, whatever ``n_jobs``: each holds read buffers of about 16 MB, and
+#: past a few threads a pass is bound by memory bandwidth, not by the threads.
+MAX_READ_THREADS = 8
+
+
 def _n_jobs(n_jobs: int | None) -> int:
     if n_jobs is None or n_jobs == -1:
         try:
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # pragma: no cover - not Linux
             return os.cpu_count() or 1
-    if not isinstance(n_jobs, int) or n_jobs < 1:
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs < 1:
         raise InvalidParameterError(
             f"n_jobs must be a positive integer, -1 or None (all cores), got {n_jobs!r}."
         )
@@ -238,7 +243,12 @@ def read_genes(
         # most a payload's worth): a CSR file read by passes then needs one pass fewer.
         lead = (n - (-(-n // payload_genes) - 1) * payload_genes, size // RECORD.itemsize)
         for block in sel.source.blocks(
-            sel.gene_idx, read_block, scratch_dir=scratch_dir, n_threads=n_jobs, lead=lead, cancel=stop
+            sel.gene_idx,
+            read_block,
+            scratch_dir=scratch_dir,
+            n_threads=min(n_jobs, MAX_READ_THREADS),
+            lead=lead,
+            cancel=stop,
         ):
             # Dense payloads take more room than a sparse block: they are made a slice at a time.
             for s in range(0, block.shape[1], payload_genes):

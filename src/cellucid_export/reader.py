@@ -81,6 +81,12 @@ def _parse_manifest(m) -> tuple[dict | None, str | None]:
     }, None
 
 
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What identifies one version of a file: replaced or rewritten, one of these changes."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _bits_of(dtype: str) -> str:
     return {"uint8": "8", "uint16": "16"}.get(dtype, "no quantizationBits")
 
@@ -136,6 +142,7 @@ class Export:
                 f"{genes_hint}."
             )
         try:
+            self._stamp = _stamp(mpath)
             self.manifest = json.loads(mpath.read_bytes().decode("utf-8"))
         except OSError as e:
             facts, why = None, f"the file cannot be opened ({e.strerror or e})"
@@ -234,6 +241,16 @@ class Export:
         """
         f = self.file(gene_id)
         rel = f.relative_to(self.path).as_posix()
+        try:
+            changed = _stamp(self.path / "var_manifest.json") != self._stamp
+        except OSError:
+            changed = True
+        if changed:
+            # The genes' minima and maxima were read at opening; new codes with old ranges would be wrong values.
+            raise ExportReadError(
+                f"{self.path} changed since it was opened (exported again, e.g. with overwrite=True): open it "
+                "again with read_export() to read the new export."
+            )
         if not f.exists():
             raise ExportNotFoundError(
                 f"Gene {gene_id!r} cannot be read: {rel} is missing from {self.path}, although var_manifest.json "

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ._logging import warn
 from .errors import (
+    CellucidExportError,
     DuplicateGeneError,
     GeneIdCollisionError,
     InvalidGeneIdError,
@@ -217,6 +218,8 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
             try:
                 opened[key] = cands[key].open()
                 looks[key] = _describe(opened[key].sample_rows(SAMPLE_CELLS))
+            except CellucidExportError:
+                raise  # already explained (a closed file, a matrix of another type)
             except (TypeError, ValueError, OSError, KeyError) as e:
                 looks[key] = ("unreadable", f"cannot be read ({e})")
         return looks[key][0]

@@ -30,7 +30,7 @@ from . import _kernels as kernels
 from ._kernels import RECORD
 from ._parallel import in_threads
 from .blocks import CSRPass, GeneRecords, SparseGenes, SparseStats
-from .errors import UnsupportedMatrixError
+from .errors import InputReadError, UnsupportedMatrixError
 from .h5raw import raw_layout
 from .quantize import payload_buffer
 
@@ -613,6 +613,11 @@ def open_source(x, obs_idx=None) -> GeneBlockSource:
     if isinstance(x, GeneBlockSource):
         return x
     group = getattr(x, "group", None)  # anndata's backed CSR/CSC datasets
+    if any(isinstance(o, h5py.Group | h5py.Dataset) and not o.id.valid for o in (x, group)):
+        raise InputReadError(
+            "The .h5ad file holding this matrix was closed, so it cannot be read. Open it again, e.g. "
+            "adata = anndata.read_h5ad(path, backed='r'), and export from that AnnData."
+        )
     if isinstance(group, h5py.Group):
         x = group
     if isinstance(x, h5py.Group):

@@ -29,6 +29,7 @@ from .codec import Codec
 from .errors import (
     DiskFullError,
     ExportExistsError,
+    InvalidParameterError,
     OverwriteRefusedError,
     TargetNotWritableError,
     TargetParentNotFolderError,
@@ -86,6 +87,29 @@ def _terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Hold Ctrl-C and SIGTERM back while a few steps run that must not stop half-way (main thread only).
+
+    Yields the list of signals that arrived meanwhile; the caller raises for them afterwards.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signals}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class InterruptedAfterPublish(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) arrived while a finished export was being published: it is complete and in place."""
+
+
 class StagingFolder:
     """Write an export beside ``target`` and publish it atomically.
 
@@ -115,6 +139,7 @@ class StagingFolder:
         except BaseException as e:
             # __exit__ does not run when __enter__ fails: undo here, then explain with the user's path
             # (the error names the hidden staging folder, which the user never asked for).
+            shutil.rmtree(self.path, ignore_errors=True)
             self._remove_created()
             self._signals.__exit__(type(e), e, e.__traceback__)
             if isinstance(e, OSError):
@@ -149,23 +174,30 @@ class StagingFolder:
         """Move the finished export to the target, replacing an old one only if overwrite=True."""
         # Checked again: the folder may have changed while the export ran (a notebook saved into it).
         check_target(self.target, self.overwrite)
-        old = None
-        if self.target.exists() or self.target.is_symlink():
-            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.target, old)
-        try:
-            os.replace(self.path, self.target)
-        except BaseException:
+        # From moving the old export aside to removing it, an interrupt would leave the target missing or
+        # a half-removed old folder beside it: signals wait until these steps are done.
+        with _signals_held() as received:
+            old = None
+            if os.path.lexists(self.target):
+                old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(self.target, old)
+            try:
+                os.replace(self.path, self.target)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, self.target)
+                raise
+            self._published = True
             if old is not None:
-                os.replace(old, self.target)
-            raise
-        self._published = True
-        if old is not None:
-            # The old export is already out of the way; a file it held never mixes with the new one.
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
+                # The old export is already out of the way; a file it held never mixes with the new one.
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink()
+        if received:
+            raise InterruptedAfterPublish(
+                f"stopped by signal {received[0]} after the export was complete: {self.target} holds it"
+            )
 
 
 #: Files at the top of an export folder (``dataset.py`` and ``export.py`` write these, and so do the
@@ -261,12 +293,24 @@ def check_parent(target: Path, *, denied: bool = False) -> None:
             f"Cannot create the export folder {target}: {where} is a file, not a folder. "
             "Choose an output folder that is not inside a file, e.g. exports/<dataset name>."
         )
+    if _read_only_disk(where):
+        raise TargetNotWritableError(
+            f"Cannot create the export folder {target}: {where} is on a read-only disk (mounted read-only). "
+            "Choose a folder on a disk you can write to, e.g. exports/<dataset name> inside your project folder."
+        )
     if denied or not os.access(where, os.W_OK | os.X_OK):
         raise TargetNotWritableError(
             f"Cannot create the export folder {target}: you do not have permission to write in {where}. "
             "Choose a folder you can write to, e.g. exports/<dataset name> inside your project folder, "
             "or ask the owner of that folder for write access."
         )
+
+
+def _read_only_disk(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
 
 
 def check_target(target: Path, overwrite: bool) -> None:
@@ -297,6 +341,19 @@ def check_target(target: Path, overwrite: bool) -> None:
     """
     # os.path (not Path) checks: they answer False where the path cannot even be looked at, and
     # check_parent then explains that.
+    if os.path.islink(target):
+        # Replacing a link would put a folder where the link was and leave what it points to as it was.
+        raise (OverwriteRefusedError if overwrite else ExportExistsError)(
+            f"{target} is a link (to {os.readlink(target)}), not a folder. Export into the folder it points to, "
+            "or remove the link."
+        )
+    inside = next((p for p in target.parents if any(os.path.isfile(p / m) for m in _MANIFESTS)), None)
+    if inside is not None:
+        raise InvalidParameterError(
+            f"{target} is inside the export {inside}: its files would be taken for part of that export, which "
+            f"could then no longer be checked or replaced. Choose a folder outside it, e.g. "
+            f"{inside.parent / target.name}."
+        )
     if os.path.exists(target) and not os.path.isdir(target):
         raise ExportExistsError(
             f"{target} exists and is a file, not an export folder. Remove it or choose another path."
