@@ -104,8 +104,8 @@ class CellucidAccessor:
             Working memory for gene blocks (default 512 MiB), e.g. ``"2GB"``. Larger budgets mean fewer
             passes over an on-disk matrix.
         n_jobs
-            Threads compressing genes in parallel; ``None`` uses all cores. The output bytes do not depend
-            on it.
+            Threads compressing genes in parallel; ``None`` (or -1) uses all cores available to the process,
+            not scanpy's ``sc.settings.n_jobs``. The output bytes do not depend on it.
         dataset_name
             The name the viewer shows (default: the name of ``out_dir``).
         dataset_id
