@@ -473,3 +473,24 @@ def test_a_read_only_disk_is_named_as_such(scrna, tmp_path, monkeypatch):
     monkeypatch.setattr(writer.os, "statvfs", ReadOnly)
     with pytest.raises(errors.TargetNotWritableError, match="is on a read-only disk"):
         scrna.cellucid.export(tmp_path / "o", progress=False)
+
+
+def test_a_signal_held_during_publishing_goes_to_the_handler_that_was_there(scrna, tmp_path, monkeypatch):
+    """A program that ignores Ctrl-C keeps ignoring it: the held signal is not turned into an interrupt."""
+    target = tmp_path / "out"
+    scrna.cellucid.export(target, genes=["G1"], progress=False)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if ".old-" in str(dst):
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(writer.os, "replace", replace)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        res = scrna.cellucid.export(target, genes=["G2"], overwrite=True, progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert cellucid_export.read_export(res.path).gene_ids == ["G2"] and leftovers(tmp_path) == []

@@ -87,23 +87,37 @@ def _terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def _signals_held():
-    """Hold Ctrl-C and SIGTERM back while a few steps run that must not stop half-way (main thread only).
+class _HeldSignals:
+    """Ctrl-C and SIGTERM held back while a few steps run that must not stop half-way (main thread only).
 
-    Yields the list of signals that arrived meanwhile; the caller raises for them afterwards.
+    Signals that arrive meanwhile are handed, once the steps are done, to the handlers that were in
+    place before: Ctrl-C raises KeyboardInterrupt as usual, and an ignored signal stays ignored.
     """
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signals}
-    try:
-        yield received
-    finally:
-        for s, handler in previous.items():
+
+    def __init__(self):
+        self.received: list[int] = []
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _HeldSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, lambda signum, frame: self.received.append(signum))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+    def deliver(self) -> None:
+        """Run the earlier handler of the first signal held back (after ``__exit__``)."""
+        if not self.received:
+            return
+        s = self.received[0]
+        handler = self._previous.get(s)
+        if callable(handler):
+            handler(s, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(s)
 
 
 class InterruptedAfterPublish(KeyboardInterrupt):
@@ -176,7 +190,7 @@ class StagingFolder:
         check_target(self.target, self.overwrite)
         # From moving the old export aside to removing it, an interrupt would leave the target missing or
         # a half-removed old folder beside it: signals wait until these steps are done.
-        with _signals_held() as received:
+        with _HeldSignals() as held:
             old = None
             if os.path.lexists(self.target):
                 old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -194,10 +208,12 @@ class StagingFolder:
                     shutil.rmtree(old, ignore_errors=True)
                 else:
                     old.unlink()
-        if received:
+        try:
+            held.deliver()
+        except KeyboardInterrupt as e:
             raise InterruptedAfterPublish(
-                f"stopped by signal {received[0]} after the export was complete: {self.target} holds it"
-            )
+                f"stopped by signal {held.received[0]} after the export was complete: {self.target} holds it"
+            ) from e
 
 
 #: Files at the top of an export folder (``dataset.py`` and ``export.py`` write these, and so do the
