@@ -216,6 +216,8 @@ def test_cli_validate_names_the_viewers_and_checks_genes_only_folders(pbmc, tmp_
     assert main(["export", str(h5ad), str(genes), "--genes", "CD79A", "--embedding", "none"]) == 0
     assert main(["validate", str(genes)]) == 1
     assert main(["validate", str(genes), "--genes-only"]) == 0
+    # A full export checked for its genes only has nothing wrong either (its other files are not strays).
+    assert main(["validate", str(tmp_path / "index"), "--genes-only"]) == 0
     # 'none' turns the graph off, as for the other options.
     assert (
         main(["export", str(h5ad), str(tmp_path / "nograph"), "--genes", "CD79A", "--connectivities", "none"])
@@ -253,3 +255,23 @@ def test_a_log_level_set_before_the_import_is_kept():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == str(logging.WARNING), res.stderr
+
+
+def test_shell_words_translate_values_and_leave_paths_and_code_alone():
+    from cellucid_export.cli import _shell_words
+
+    cases = {
+        "Pass one of them as layer=.": "Pass one of them as --layer.",
+        "For example dataset_id='My Data', or": "For example --dataset-id 'My Data', or",
+        "n_jobs must be a positive integer, -1 or None (all cores), got 0.": (
+            "--n-jobs must be a positive integer, or -1 (all cores), got 0."
+        ),
+        "or leave gene_id_column=None to use var_names.": "or leave out --gene-id-column to use var_names.",
+        # Paths that start like an option, and Python code after a keyword, are not options.
+        "source.h5ad cannot be opened as an .h5ad file": "source.h5ad cannot be opened as an .h5ad file",
+        "layout holds gene expression only (embeddings=False)": "layout holds gene expression only (--embedding none)",
+        "pass a list, e.g. genes=sorted(genes).": "pass a list, e.g. genes=sorted(genes).",
+        "genes=[str(g) for g in genes]": "genes=[str(g) for g in genes]",
+    }
+    for python, shell in cases.items():
+        assert _shell_words(python) == shell

@@ -186,6 +186,7 @@ def test_embeddings_false_exports_genes_quietly_and_refuses_cell_options(pbmc_ma
         vector_fields=False,
         connectivities=None,
     )
+    export(pbmc_master, tmp_path / "z", genes=["CD79A"], embeddings=False, obs_keys=[], vector_fields=[])
 
 
 def test_true_means_the_automatic_choice(pbmc_master, tmp_path):

@@ -221,7 +221,7 @@ def test_shape_mismatch_in_file(scrna, tmp_path):
         ({"layout": "names"}, "layout must be 'name'"),
         ({"max_bytes": "lots"}, "max_bytes='lots' is not a size"),
         ({"memory_budget": -5}, "memory_budget must be positive"),
-        ({"memory_budget": "-1GB"}, "memory_budget must be positive, got '-1GB'"),
+        ({"memory_budget": "-1GB"}, r"memory_budget must be positive \(at least 1 byte\), got '-1GB'"),
         ({"max_bytes": "0GB"}, "max_bytes must be positive"),
         ({"max_bytes": float("nan")}, "max_bytes=nan is not a size"),
         ({"n_jobs": 0}, "n_jobs must be a positive integer"),

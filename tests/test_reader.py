@@ -161,3 +161,12 @@ def test_an_export_replaced_after_opening_is_not_read_with_the_old_ranges(pbmc, 
         opened.gene("CD79A")
     fresh = cellucid_export.read_export(target).gene("CD79A")
     np.testing.assert_allclose(fresh, pbmc.raw[:, "CD79A"].X.toarray().ravel(), atol=fresh.max() / 254)
+
+
+def test_an_export_opened_by_a_relative_path_reads_after_a_change_of_folder(pbmc, tmp_path, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    pbmc.cellucid.export("out", genes=["CD79A"], progress=False)
+    ex = cellucid_export.read_export("out")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert ex.gene("CD79A").shape == (700,)  # not "changed since it was opened"

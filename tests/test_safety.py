@@ -458,6 +458,16 @@ def test_a_target_inside_a_previous_export_is_refused(scrna, tmp_path):
     assert folder_digest(prev) == before
 
 
+def test_a_target_written_with_dots_is_where_it_points(scrna, tmp_path, monkeypatch):
+    prev = tmp_path / "exports" / "pbmc"
+    scrna.cellucid.export(prev, genes=["G1"], progress=False)
+    res = scrna.cellucid.export(prev / ".." / "pbmc2", genes=["G1"], max_bytes=2**70, progress=False)
+    assert (tmp_path / "exports" / "pbmc2" / "var_manifest.json").is_file() and res.n_genes == 1
+    monkeypatch.chdir(prev)
+    scrna.cellucid.export("../pbmc3", genes=["G1"], progress=False)
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["pbmc", "pbmc2", "pbmc3"]
+
+
 def test_n_jobs_true_is_not_one(scrna, tmp_path):
     with pytest.raises(errors.InvalidParameterError, match="n_jobs must be a positive integer"):
         scrna.cellucid.export(tmp_path / "o", n_jobs=True, progress=False)

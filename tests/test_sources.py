@@ -310,8 +310,8 @@ def test_only_repeated_entries_cost_the_sorted_reading(adata, tmp_path):
         perm = a + rng.permutation(b - a)
         shuffled.indices[a:b], shuffled.data[a:b] = shuffled.indices[perm], shuffled.data[perm]
     repeated = _with_repeats(adata.X, rng)
-    assert not _kernels.rows_repeat(shuffled.indptr, shuffled.indices)
-    assert _kernels.rows_repeat(repeated.indptr, repeated.indices)
+    assert not _kernels.rows_repeat(shuffled.indptr, shuffled.indices, shuffled.shape[1])
+    assert _kernels.rows_repeat(repeated.indptr, repeated.indices, repeated.shape[1])
     for x, resorted in ((shuffled, False), (repeated, True)):
         path = tmp_path / f"{resorted}.h5ad"
         with h5py.File(path, "w") as f:

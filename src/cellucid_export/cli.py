@@ -35,19 +35,32 @@ _OPTIONS = {
 }
 _OPTIONS["embeddings"] = "--embedding"
 _PYTHON_VALUE = r"None|True|False|'[^']*'|\[[^\]]*\]|adata\.var\.\w+|[0-9][0-9.]*(?: [KMGT]?B)?"
-_KEYWORD = re.compile(rf"(?<![\w.\[])(?P<name>{'|'.join(_OPTIONS)}|overwrite)=(?P<value>{_PYTHON_VALUE})?")
-_LEADING = re.compile(rf"^({'|'.join(_OPTIONS)})\b")
+# A keyword is rewritten only where what follows is a value the command can take, or nothing at all
+# ("pass layer=."); Python code after it (genes=sorted(genes)) is left as it is.
+_KEYWORD = re.compile(
+    rf"(?<![\w.\[])(?P<name>{'|'.join(_OPTIONS)}|overwrite)="
+    rf"(?:(?P<value>{_PYTHON_VALUE})(?![\w(\[])|(?=[\s.,;:)]|$))"
+)
+# Messages that start with an option's name ("compression must be ..."); never a path that starts alike.
+_LEADING = re.compile(rf"^({'|'.join(_OPTIONS)})(?= must | cannot be None)")
+# Advice whose shell form is not a mere change of spelling.
+_PHRASES = {
+    "leave gene_id_column=None to use var_names": "leave out --gene-id-column to use var_names",
+    "a positive integer, -1 or None (all cores)": "a positive integer, or -1 (all cores)",
+}
 
 
-def _shell_value(value: str) -> str:
+def _shell_value(value: str) -> str | None:
+    """The value as typed in a shell; None when it is Python code, not a value."""
     if value == "None":
         return "none"
     if value.startswith(("'", "[")):
         try:
             parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            return value
-        return ",".join(map(str, parsed)) if isinstance(parsed, list) else str(parsed)
+            return None
+        text = ",".join(map(str, parsed)) if isinstance(parsed, list) else str(parsed)
+        return repr(text) if " " in text else text  # a value with spaces needs its quotes in a shell
     return value.removeprefix("adata.var.")
 
 
@@ -62,8 +75,13 @@ def _shell_words(message: str) -> str:
             return "--overwrite"
         if name == "embeddings" and value == "False":
             return "--embedding none"
-        return _OPTIONS[name] + (f" {_shell_value(value)}" if value else "")
+        if not value:
+            return _OPTIONS[name]
+        shell = _shell_value(value)
+        return m[0] if shell is None else f"{_OPTIONS[name]} {shell}"
 
+    for python, shell in _PHRASES.items():
+        message = message.replace(python, shell)
     message = _LEADING.sub(lambda m: _OPTIONS[m[1]], _KEYWORD.sub(option, message))
     return re.sub(r"\b(be|or) None\b", r"\1 none", message)
 

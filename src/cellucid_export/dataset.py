@@ -684,8 +684,8 @@ def resolve_dataset(
                 ("connectivities", connectivities, "connectivities"),
                 ("latent_key", latent_key, "X_pca"),
             )
-            # None or False turns an option off, which agrees with exporting genes only.
-            if value is not None and value is not False and value != default
+            # None, False or an empty list turns an option off, which agrees with exporting genes only.
+            if value is not None and value is not False and value != [] and value != default
         ]
         if embeddings is False and ignored:
             raise InvalidParameterError(

@@ -146,11 +146,9 @@ def _xy(points: np.ndarray) -> np.ndarray:
     return points[:, :2]
 
 
-def _adata_values(adata, gene_id: str, layer: str | None, gene_id_column: str | None):
-    """One gene from the AnnData, read from the matrix the export would pick (or ``layer``)."""
-    sel = resolve(
-        parts_from_anndata(adata), layer=layer, genes=[gene_id], gene_id_column=gene_id_column, layout="index"
-    )
+def _adata_values(parts, gene_id: str, layer: str | None, gene_id_column: str | None):
+    """One gene from the AnnData's parts, read from the matrix the export would pick (or ``layer``)."""
+    sel = resolve(parts, layer=layer, genes=[gene_id], gene_id_column=gene_id_column, layout="index")
     blocks = sel.source.blocks(sel.gene_idx, 1)
     block = next(iter(blocks))
     with contextlib.suppress(AttributeError):
@@ -159,11 +157,12 @@ def _adata_values(adata, gene_id: str, layer: str | None, gene_id_column: str | 
     return column.ravel().astype(np.float32), sel.source_name
 
 
-def _basis_key(adata, basis: str) -> str:
-    key = basis if basis in adata.obsm else f"X_{basis}"
-    if key not in adata.obsm:
+def _basis_key(parts, basis: str) -> str:
+    shapes = parts.obsm_shapes
+    key = basis if basis in shapes else f"X_{basis}"
+    if key not in shapes:
         raise InvalidParameterError(
-            f"basis={basis!r}: adata.obsm has no {key!r} (it has {', '.join(adata.obsm.keys()) or 'nothing'})."
+            f"basis={basis!r}: adata.obsm has no {key!r} (it has {', '.join(shapes) or 'nothing'})."
         )
     return key
 
@@ -297,24 +296,21 @@ def gene(
     ex = read_export(export_dir)
     exported = ex.gene(gene)
     n_panels = 1 if adata is None else 2
-    if isinstance(adata, str | os.PathLike):
-        import anndata
-
-        # Backed: the embedding and one gene are read, not the whole matrix.
-        check_h5ad_path(adata)
-        adata = anndata.read_h5ad(adata, backed="r")
 
     if adata is not None:
-        key = _basis_key(adata, basis)
-        if adata.n_obs != ex.n_cells:
-            raise InvalidParameterError(
-                f"adata has {adata.n_obs:,} cells but the export in {ex.path} has {ex.n_cells:,}. Pass the "
-                "AnnData the export was made from."
-            )
-        basis_xy = np.asarray(adata.obsm[key], dtype=np.float64)
+        # From a file, only the embedding and the one gene are read (not the matrix, nor the layers).
+        with contextlib.ExitStack() as stack:
+            parts = _open_parts(adata, stack)
+            key = _basis_key(parts, basis)
+            if parts.n_obs != ex.n_cells:
+                raise InvalidParameterError(
+                    f"adata has {parts.n_obs:,} cells but the export in {ex.path} has {ex.n_cells:,}. Pass the "
+                    "AnnData the export was made from."
+                )
+            basis_xy = np.asarray(parts.obsm(key), dtype=np.float64)
+            source, source_name = _adata_values(parts, gene, layer, ex.manifest.get("var_gene_id_column"))
         if dimension is None:
             dimension = basis_xy.shape[1]
-        source, source_name = _adata_values(adata, gene, layer, ex.manifest.get("var_gene_id_column"))
         diff, allowed, ok = _agreement(exported, source, ex, gene)
         if not ok:
             warn(

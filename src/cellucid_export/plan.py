@@ -50,7 +50,9 @@ def parse_bytes(value, name: str) -> int | None:
     if value is None:
         return None
     n = None
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        n = float(min(int(value), 2**62))  # any size of integer is a size, however large
+    elif isinstance(value, float | np.floating):
         n = value
     elif isinstance(value, str):
         m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)
@@ -63,8 +65,8 @@ def parse_bytes(value, name: str) -> int | None:
         )
     if n < 1:
         raise InvalidParameterError(
-            f"{name} must be positive, got {value!r}. Pass a number of bytes or a string like '8GB' or "
-            "'512MiB'" + (", or None to turn the check off." if name == "max_bytes" else ".")
+            f"{name} must be positive (at least 1 byte), got {value!r}. Pass a number of bytes or a string "
+            "like '8GB' or '512MiB'" + (", or None to turn the check off." if name == "max_bytes" else ".")
         )
     return int(n)
 

@@ -118,7 +118,8 @@ class Export:
     """
 
     def __init__(self, path: os.PathLike | str):
-        self.path = Path(path)
+        # Absolute: genes are read when asked for, perhaps after the working folder has changed.
+        self.path = Path(path).absolute()
         if not self.path.exists():
             raise ExportNotFoundError(
                 f"The export folder {self.path} does not exist. Check the path; a relative path starts from "

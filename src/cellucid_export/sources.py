@@ -324,7 +324,7 @@ class StreamedCSR(GeneBlockSource):
             yield from runs
             return
         for r0, ptr, ind, val in runs:
-            if not kernels.rows_repeat(ptr, ind):
+            if not kernels.rows_repeat(ptr, ind, self.shape[1]):
                 yield r0, ptr, ind, val
             else:
                 m = sp.csr_matrix((val, ind, ptr), shape=(len(ptr) - 1, self.shape[1]))
@@ -397,7 +397,7 @@ class StreamedCSR(GeneBlockSource):
                 ok = kernels.csr_stats(ptr, ind, val, r0, self.row_lut, pos_of, *stats.arrays())
                 rows_sorted &= ok
                 if not ok and not repeats:
-                    repeats = kernels.rows_repeat(ptr, ind)
+                    repeats = kernels.rows_repeat(ptr, ind, self.shape[1])
                 if out is not None:
                     new_end = kernels.lead_records(
                         ptr, ind, val, r0, self.row_lut, pos_of, lead, c_last, ok and c_last >= 0, out, end

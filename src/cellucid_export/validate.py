@@ -690,7 +690,7 @@ def _validate(f: _Folder, genes_only: bool) -> list[str]:
             return [f"{root} has no var_manifest.json."]
         if var is not None:
             _check_var(f, var, None)
-        _check_strays(f)
+        _check_strays(f, within="var/")  # the other files of a full export are not checked, nor strays
         return f.problems
     ident = f.json("dataset_identity.json")
     obs = f.json("obs_manifest.json")
@@ -850,8 +850,8 @@ def _check_written_genes(f: _Folder, genes: list[tuple[str, str]], comp, size: i
 _MANIFEST_FOLDERS = {"var_manifest.json": "var/", "connectivity_manifest.json": "connectivity/"}
 
 
-def _check_strays(f: _Folder) -> None:
-    """Files no manifest mentions: an orphan payload means the folder mixes two exports."""
+def _check_strays(f: _Folder, within: str = "") -> None:
+    """Files no manifest mentions, under ``within``: an orphan payload means the folder mixes two exports."""
     # The files of a manifest that cannot be read are not strays: that manifest is the problem.
     skip = tuple(folder for m, folder in _MANIFEST_FOLDERS.items() if m in f.unreadable)
     stray = []
@@ -860,7 +860,12 @@ def _check_strays(f: _Folder) -> None:
         rel_dir = os.path.relpath(dirpath, f.path)
         for name in sorted(filenames):
             rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-            if not name.startswith(".") and rel not in f.declared and not rel.startswith(skip):
+            if (
+                rel.startswith(within)
+                and not name.startswith(".")
+                and rel not in f.declared
+                and not rel.startswith(skip)
+            ):
                 stray.append(rel)
     if stray:
         f.add(f"{f.path} holds files no manifest mentions: {_show(stray, 5)}. Remove them or export again.")

@@ -363,7 +363,9 @@ def check_target(target: Path, overwrite: bool) -> None:
             f"{target} is a link (to {os.readlink(target)}), not a folder. Export into the folder it points to, "
             "or remove the link."
         )
-    inside = next((p for p in target.parents if any(os.path.isfile(p / m) for m in _MANIFESTS)), None)
+    # Normalised first: in exports/pbmc/../pbmc2, exports/pbmc is not a folder above the target.
+    above = Path(os.path.abspath(target)).parents
+    inside = next((p for p in above if any(os.path.isfile(p / m) for m in _MANIFESTS)), None)
     if inside is not None:
         raise InvalidParameterError(
             f"{target} is inside the export {inside}: its files would be taken for part of that export, which "
