@@ -275,3 +275,29 @@ def test_shell_words_translate_values_and_leave_paths_and_code_alone():
     }
     for python, shell in cases.items():
         assert _shell_words(python) == shell
+
+
+def test_cli_summaries_and_sentences_speak_in_options(pbmc, tmp_path, capsys):
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    out = tmp_path / "o"
+    assert main(["export", str(h5ad), str(out), "--genes", "CD79A", "--layer", "raw", "--no-progress"]) == 0
+    summary = capsys.readouterr().out
+    assert "(--layer raw)" in summary and "--layout name, --var-quantization 8, --compression 6" in summary
+    assert main(["validate", str(out), "--genes-only"]) == 0
+    assert "OK, the gene files and var_manifest.json are valid." in capsys.readouterr().out
+    assert main(["export", str(h5ad), str(tmp_path / "x"), "--dataset-id", "a b"]) == 2
+    assert "derive it from --dataset-name" in capsys.readouterr().err
+    assert main(["export", str(h5ad), str(tmp_path / "x"), "--genes", "@nowhere.txt"]) == 2
+    assert "--genes @nowhere.txt: there is no file 'nowhere.txt'" in capsys.readouterr().err
+    assert (
+        main(["export", str(h5ad), str(tmp_path / "x"), "--embedding", "X_umap", "--embedding", "none"]) == 2
+    )
+    assert "cannot be combined" in capsys.readouterr().err
+    # The size guard suggests a kind of selection, not a column this file may not have.
+    assert main(["export", str(h5ad), str(tmp_path / "x"), "--max-bytes", "100"]) == 2
+    assert (
+        "--genes a boolean var column such as highly_variable, a marker list or a panel"
+        in capsys.readouterr().err
+    )
+    assert not (tmp_path / "x").exists()

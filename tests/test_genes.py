@@ -209,3 +209,11 @@ def test_positions_as_gene_ids_are_warned_about(pbmc, tmp_path):
         warnings.simplefilter("error")
         plan = pbmc.cellucid.estimate(gene_id_column="symbol", genes=["CD79A"])  # the fix: no warning
     assert plan.n_genes == 1
+
+
+def test_a_mask_of_numbers_is_not_a_list_of_gene_ids(pbmc):
+    ones = pbmc.var.highly_variable.astype(float)
+    for genes in (ones, ones.to_numpy()):
+        with pytest.raises(errors.InvalidParameterError, match=r"holds numbers \(.*mask\.astype\(bool\)"):
+            pbmc.cellucid.estimate(genes=genes)
+    assert pbmc.cellucid.estimate(genes=ones.astype(bool)).n_genes == N_HVG

@@ -34,6 +34,7 @@ _OPTIONS = {
     ]
 }
 _OPTIONS["embeddings"] = "--embedding"
+_OPTIONS["default"] = "--default"  # write_catalog's
 _PYTHON_VALUE = r"None|True|False|'[^']*'|\[[^\]]*\]|adata\.var\.\w+|[0-9][0-9.]*(?: [KMGT]?B)?"
 # A keyword is rewritten only where what follows is a value the command can take, or nothing at all
 # ("pass layer=."); Python code after it (genes=sorted(genes)) is left as it is.
@@ -43,6 +44,9 @@ _KEYWORD = re.compile(
 )
 # Messages that start with an option's name ("compression must be ..."); never a path that starts alike.
 _LEADING = re.compile(rf"^({'|'.join(_OPTIONS)})(?= must | cannot be None)")
+# An option named in a sentence ("leave the column out of obs_keys"): names with an underscore only, which
+# are not words of a sentence nor parts of a path.
+_BARE = re.compile(rf"(?<![\w.'\"\[/-])({'|'.join(n for n in _OPTIONS if '_' in n)})(?![\w'\"=(\[/])")
 # Advice whose shell form is not a mere change of spelling.
 _PHRASES = {
     "leave gene_id_column=None to use var_names": "leave out --gene-id-column to use var_names",
@@ -83,6 +87,7 @@ def _shell_words(message: str) -> str:
     for python, shell in _PHRASES.items():
         message = message.replace(python, shell)
     message = _LEADING.sub(lambda m: _OPTIONS[m[1]], _KEYWORD.sub(option, message))
+    message = _BARE.sub(lambda m: _OPTIONS[m[1]], message)
     return re.sub(r"\b(be|or) None\b", r"\1 none", message)
 
 
@@ -101,6 +106,10 @@ def _genes_arg(value: str | None, h5ad: str):
         return None
     check_h5ad_path(h5ad)  # before opening it here: a missing or cut-short file gets its own message
     if value.startswith("@"):
+        if not Path(value[1:]).is_file():
+            raise InvalidParameterError(
+                f"--genes {value}: there is no file {value[1:]!r} (a list of genes, one per line). Check its path."
+            )
         lines = Path(value[1:]).read_text().splitlines()
         return [g.strip() for g in lines if g.strip() and not g.startswith("#")]
     with h5py.File(h5ad, "r") as f:
@@ -136,6 +145,10 @@ def _embeddings_arg(values: list[str] | None):
         return None
     if len(values) == 1 and values[0].strip().lower() in _NONE:
         return False
+    if any(v.strip().lower() in _NONE for v in values):
+        raise InvalidParameterError(
+            "--embedding none exports genes only, so it cannot be combined with other --embedding options."
+        )
     return [k for v in values for k in _list_arg(v, [])]
 
 
@@ -346,9 +359,9 @@ def _demo(args) -> None:
     import cellucid_export  # noqa: F401  (registers adata.cellucid)
 
     adata = sc.datasets.pbmc68k_reduced()
-    print(adata.cellucid.estimate(genes=adata.var.highly_variable))
+    print(_shell_words(repr(adata.cellucid.estimate(genes=adata.var.highly_variable))))
     res = adata.cellucid.export(args.out_dir, genes=adata.var.highly_variable, overwrite=args.overwrite)
-    print(res)
+    print(_shell_words(repr(res)))
     ex = read_export(res.path)
     gene = "CD79A" if "CD79A" in ex else ex.gene_ids[0]
     values = ex.gene(gene)
@@ -412,7 +425,7 @@ def _run(args) -> int:
                 source=args.source,
                 created_at=args.created_at,
             )
-            print(res)
+            print(_shell_words(repr(res)))
         elif args.command == "validate":
             problems = validate(args.export_dir, genes_only=args.genes_only)
             for problem in problems:
@@ -423,7 +436,10 @@ def _run(args) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            print(f"{args.export_dir}: OK{_for_which_viewers(args.export_dir)}.")
+            if args.genes_only:
+                print(f"{args.export_dir}: OK, the gene files and var_manifest.json are valid.")
+            else:
+                print(f"{args.export_dir}: OK{_for_which_viewers(args.export_dir)}.")
         elif args.command == "catalog":
             print(f"wrote {write_catalog(args.root, default=args.default)}")
         elif args.command == "demo":

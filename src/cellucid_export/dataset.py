@@ -763,7 +763,9 @@ def resolve_dataset(
             problems = name_layout_problems(list(vectors), "vectors", "_*d.bin")
             if problems:
                 raise DatasetError(
-                    "Vector field names collide as file names:\n  - " + "\n  - ".join(problems)
+                    "Vector field names collide as file names:\n  - "
+                    + "\n  - ".join(problems)
+                    + "\nRename one of those obsm entries, or pass layout='index' (files numbered)."
                 )
     return DatasetPlan(
         n_cells=n,

@@ -211,7 +211,8 @@ def check_plan(plan: ExportPlan, target: os.PathLike, max_bytes: int | None) -> 
     """
     # Only what changes the size before compression helps here; gzip's saving is known only afterwards.
     levers = (
-        "To make it smaller: export fewer genes (genes=adata.var.highly_variable, a marker list or a panel)"
+        "To make it smaller: export fewer genes (genes= a boolean var column such as highly_variable, a "
+        "marker list or a panel)"
         + (", use 8-bit quantization (var_quantization=8)" if plan.var_quantization != 8 else "")
     )
     if max_bytes is not None and plan.payload_bytes > max_bytes:

@@ -420,7 +420,7 @@ def _select(
                 f"genes where raw.var[{genes!r}] is True"
             )
         raise InvalidParameterError(
-            f"genes={genes!r} is not a column of var (columns: {_show(base_var.columns)}). Pass the name of a "
+            f"genes={genes!r} is not a column of var (columns: {_show(base_var.columns) or 'none'}). Pass the name of a "
             f"boolean var column, a boolean mask, or a list of gene ids (e.g. genes=[{genes!r}])."
         )
     if isinstance(genes, set | frozenset):
@@ -472,6 +472,12 @@ def _select(
     if arr.ndim != 1:
         raise InvalidParameterError(
             "genes must be None, a boolean mask, a var column name or a list of gene ids."
+        )
+    if arr.size and arr.dtype.kind == "f":  # (an empty list is float to numpy)
+        shown = ", ".join(map(str, pd.unique(arr)[:3]))
+        raise InvalidParameterError(
+            f"genes= holds numbers ({shown}, ...), not gene ids or True/False: a mask must be boolean. If the "
+            "numbers mark the genes to export with 1, pass genes=mask.astype(bool)."
         )
     ints = _integers(genes, arr)
     if ints:
@@ -538,7 +544,7 @@ def _gene_ids(cand: _Candidate, base_var: pd.DataFrame, gene_id_column: str | No
         vals = np.where(pos >= 0, col.to_numpy(dtype=object)[np.maximum(pos, 0)], None)
         return pd.Index(vals, dtype=object)
     raise InvalidParameterError(
-        f"gene_id_column={gene_id_column!r} is not a var column. Columns: {_show(base_var.columns)}."
+        f"gene_id_column={gene_id_column!r} is not a var column. Columns: {_show(base_var.columns) or 'none'}."
     )
 
 
