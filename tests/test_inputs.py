@@ -286,3 +286,18 @@ def test_h5ad_functions_explain_a_wrong_first_argument_and_unknown_options(scrna
     # Every option of the accessor is accepted by export_h5ad.
     res = cellucid_export.export_h5ad(h5ad, out, layer="log1p", genes=["G1"], obs_keys=[], progress=False)
     assert res.path == out
+
+
+def test_h5ad_functions_show_the_options_in_their_signature():
+    """help(), Jupyter's completion and the API page list export_h5ad's options, as the accessor's."""
+    import inspect
+
+    from cellucid_export import CellucidAccessor
+
+    for function, method, leading in (
+        (cellucid_export.export_h5ad, CellucidAccessor.export, ["path", "out_dir"]),
+        (cellucid_export.estimate_h5ad, CellucidAccessor.estimate, ["path"]),
+    ):
+        params = list(inspect.signature(function).parameters)
+        options = [p for p in inspect.signature(method).parameters if p != "self"][len(leading) - 1 :]
+        assert params == leading + options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData, register_anndata_namespace
 
-from .export import ExportResult, estimate_parts, export_parts
+from .export import ExportResult, estimate_h5ad, estimate_parts, export_h5ad, export_parts
 from .inputs import parts_from_anndata
 from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, ExportPlan
 
@@ -237,3 +238,18 @@ class CellucidAccessor:
             layout=layout,
             max_bytes=max_bytes,
         )
+
+
+def _signature_with_options(function, method) -> inspect.Signature:
+    """``function``'s own leading parameters followed by the keyword options of ``method``.
+
+    ``export_h5ad`` and ``estimate_h5ad`` hand their options on as ``**kwargs``; with this signature,
+    ``help()``, Jupyter's completion and the API page list the options themselves.
+    """
+    own = [p for p in inspect.signature(function).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    options = [p for p in inspect.signature(method).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    return inspect.signature(function).replace(parameters=[*own, *options])
+
+
+export_h5ad.__signature__ = _signature_with_options(export_h5ad, CellucidAccessor.export)
+estimate_h5ad.__signature__ = _signature_with_options(estimate_h5ad, CellucidAccessor.estimate)

@@ -512,10 +512,9 @@ def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -
     out_dir
         The export folder to create. Nothing appears there until the export is complete.
     **kwargs
-        Any keyword argument of :meth:`CellucidAccessor.export <cellucid_export.CellucidAccessor.export>`,
-        with the same meaning and defaults: ``layer``, ``genes``, ``var_quantization``,
-        ``max_bytes``, ``embeddings``, ``obs_keys``... An unknown name is refused before anything
-        is read.
+        Every option of :meth:`CellucidAccessor.export <cellucid_export.CellucidAccessor.export>`,
+        with the same meaning and defaults (the signature above lists them). A misspelt name is refused
+        before anything is read, naming the option meant.
 
     Returns
     -------
@@ -541,10 +540,9 @@ def estimate_h5ad(path: os.PathLike | str, **kwargs) -> ExportPlan:
     path
         The ``.h5ad`` file.
     **kwargs
-        The selection options of :meth:`CellucidAccessor.estimate
-        <cellucid_export.CellucidAccessor.estimate>`, with the same meaning and defaults:
-        ``layer``, ``genes``, ``gene_id_column``, ``var_quantization``, ``compression``,
-        ``layout`` and ``max_bytes``. An unknown name is refused.
+        The options of :meth:`CellucidAccessor.estimate <cellucid_export.CellucidAccessor.estimate>`,
+        with the same meaning and defaults (the signature above lists them). A misspelt name is refused,
+        naming the option meant.
 
     Returns
     -------
