@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from tests.conftest import make_scrna
@@ -51,3 +52,11 @@ def test_catalog_cli(root, tmp_path_factory, capsys):
     empty = tmp_path_factory.mktemp("empty")
     assert main(["catalog", str(empty)]) == 2
     assert "holds no dataset folders" in capsys.readouterr().err
+
+
+def test_catalog_skips_an_exports_hidden_working_folders(root):
+    """.<name>.staging-* and .<name>.old-* are left behind only by a killed export; they are no dataset."""
+    leftover = root / ".pbmc.old-1234abcd"
+    shutil.copytree(next(p for p in root.iterdir() if (p / "dataset_identity.json").is_file()), leftover)
+    catalog = json.loads(cellucid_export.write_catalog(root).read_text())
+    assert all(not d["id"].startswith(".") for d in catalog["datasets"])

@@ -213,3 +213,19 @@ def test_damaged_points_file_is_named(pbmc, tmp_path):
         cellucid_export.errors.ExportReadError, match="points_2d.bin.gz is a truncated gzip file"
     ):
         pl.read_points(res.path)
+
+
+def test_gene_does_not_warn_when_float32_keeps_inf_as_the_source(tmp_path, recwarn):
+    a = make_scrna(n_cells=60, n_genes=4)
+    x = a.X.toarray()
+    x[0, 1] = np.inf
+    a.X = x
+    res = a.cellucid.export(tmp_path / "f32", layer="X", var_quantization=None, progress=False)
+    pl.gene(res, "G1", adata=a, show=False)
+    assert not [w for w in recwarn if "more than quantization explains" in str(w.message)]
+
+
+def test_size_plan_explains_an_export_result(tmp_path):
+    res = make_scrna(n_cells=60, n_genes=4).cellucid.export(tmp_path / "o", progress=False)
+    with pytest.raises(InvalidParameterError, match=r"before exporting.*res\.bytes_written"):
+        pl.size_plan(res, show=False)

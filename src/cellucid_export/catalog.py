@@ -73,8 +73,12 @@ def write_catalog(root: os.PathLike | str, *, default: str | None = None) -> Pat
     root = Path(root)
     if not root.is_dir():
         raise ExportNotFoundError(f"No such folder: {root}. Pass the folder that holds your export folders.")
+    # Hidden folders are never datasets: .<name>.staging-* and .<name>.old-* are an export's own
+    # working folders (left behind only if the process was killed outright).
     entries = [
-        _entry(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "dataset_identity.json").is_file()
+        _entry(p)
+        for p in sorted(root.iterdir())
+        if not p.name.startswith(".") and p.is_dir() and (p / "dataset_identity.json").is_file()
     ]
     if not entries:
         raise CatalogError(

@@ -210,7 +210,8 @@ def _agreement(
     tol = allowed * (1 + 1e-6) + 4 * float(np.finfo(np.float32).eps) * float(
         np.abs(source[both]).max(initial=1)
     )
-    same_missing = np.array_equal(np.isnan(exported), ~np.isfinite(source))
+    # Quantized exports decode +/-Inf as NaN (missing); float32 ones keep it: compare non-finite cells.
+    same_missing = np.array_equal(~np.isfinite(exported), ~np.isfinite(source))
     return diff, allowed, diff <= tol and same_missing
 
 
@@ -518,6 +519,12 @@ def size_plan(
         )
     max_bytes = parse_bytes(max_bytes, "max_bytes")
     plt = _pyplot()
+    if isinstance(data, ExportResult):
+        raise InvalidParameterError(
+            "size_plan draws the sizes an export would have, before exporting: pass the AnnData, its .h5ad "
+            "path or an ExportPlan (adata.cellucid.estimate()). An ExportResult reports its own size "
+            "(res.bytes_written)."
+        )
     if isinstance(data, ExportPlan):
         plan = data
         sizes = {
