@@ -11,13 +11,12 @@ import sys
 import warnings
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .catalog import write_catalog
 from .errors import CellucidExportError, InvalidParameterError
 from .export import estimate_h5ad, export_h5ad
-from .inputs import _read_index, check_h5ad_path
+from .inputs import _read_index, open_h5ad
 from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, format_bytes, plural
 from .reader import read_export
 from .validate import validate
@@ -104,7 +103,6 @@ def _genes_arg(value: str | None, h5ad: str):
     """--genes takes a boolean var column, comma-separated ids, or @file with one id per line."""
     if value is None:
         return None
-    check_h5ad_path(h5ad)  # before opening it here: a missing or cut-short file gets its own message
     if value.startswith("@"):
         if not Path(value[1:]).is_file():
             raise InvalidParameterError(
@@ -112,7 +110,7 @@ def _genes_arg(value: str | None, h5ad: str):
             )
         lines = Path(value[1:]).read_text().splitlines()
         return [g.strip() for g in lines if g.strip() and not g.startswith("#")]
-    with h5py.File(h5ad, "r") as f:
+    with open_h5ad(h5ad) as f:  # a missing or cut-short file gets its own message
         columns = list(f["var"].attrs.get("column-order", [])) if "var" in f else []
         if value in columns:
             return value

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -22,7 +21,7 @@ from ._logging import logger, warn
 from .codec import get_codec
 from .dataset import DatasetPlan, log_plan, resolve_dataset, write_dataset
 from .errors import CellucidExportError, InvalidParameterError
-from .inputs import check_h5ad_path, parts_from_h5ad
+from .inputs import open_h5ad, parts_from_h5ad
 from .plan import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MEMORY_BUDGET,
@@ -523,9 +522,8 @@ def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -
         <cellucid_export.CellucidAccessor.export>`.
 
     """
-    check_h5ad_path(path)
-    _check_keywords(kwargs, "export_h5ad", export_parts, resolve_dataset)
-    with h5py.File(path, "r") as f:
+    with open_h5ad(path) as f:
+        _check_keywords(kwargs, "export_h5ad", export_parts, resolve_dataset)
         return export_parts(parts_from_h5ad(f), out_dir, **kwargs)
 
 
@@ -551,7 +549,6 @@ def estimate_h5ad(path: os.PathLike | str, **kwargs) -> ExportPlan:
         within ``max_bytes``.
 
     """
-    check_h5ad_path(path)
-    _check_keywords(kwargs, "estimate_h5ad", estimate_parts)
-    with h5py.File(path, "r") as f:
+    with open_h5ad(path) as f:
+        _check_keywords(kwargs, "estimate_h5ad", estimate_parts)
         return estimate_parts(parts_from_h5ad(f), **kwargs)

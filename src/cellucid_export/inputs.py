@@ -17,7 +17,7 @@ from anndata.io import read_elem
 from .errors import InputNotFoundError, InputReadError, InvalidParameterError
 from .resolve import AnnDataParts
 
-__all__ = ["parts_from_anndata", "parts_from_h5ad"]
+__all__ = ["open_h5ad", "parts_from_anndata", "parts_from_h5ad"]
 
 
 def _index_array(idx, n: int) -> np.ndarray:
@@ -123,8 +123,12 @@ def parts_from_h5ad(f: h5py.File) -> AnnDataParts:
     )
 
 
-def check_h5ad_path(path: os.PathLike) -> None:
-    """A clear error for a missing or non-HDF5 file, or for an AnnData passed instead of a path."""
+def open_h5ad(path: os.PathLike | str) -> h5py.File:
+    """Open an ``.h5ad`` file read-only, or explain what is wrong with it.
+
+    A missing, non-HDF5 or cut-short file, or an AnnData passed instead of a path, gets an error that says
+    so and how to fix it. Use it as a context manager, like ``h5py.File``.
+    """
     if not isinstance(path, (str, bytes, os.PathLike)):
         hint = (
             " For an AnnData in memory (or opened with backed='r'), use adata.cellucid.export(out_dir, ...)."
@@ -146,8 +150,7 @@ def check_h5ad_path(path: os.PathLike) -> None:
             "and call adata.cellucid.export()."
         )
     try:
-        with h5py.File(path, "r"):
-            pass
+        return h5py.File(path, "r")
     except OSError as e:
         # HDF5 compares the file's length with the one it recorded: a cut-short file fails here.
         cut = "truncated" in str(e)

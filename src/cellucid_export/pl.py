@@ -23,14 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 
 from ._logging import logger, warn
 from .codec import gunzip_strict
 from .errors import CellucidExportWarning, ExportNotFoundError, ExportReadError, InvalidParameterError
 from .export import ExportResult, export_parts
-from .inputs import check_h5ad_path, parts_from_anndata, parts_from_h5ad
+from .inputs import open_h5ad, parts_from_anndata, parts_from_h5ad
 from .plan import DEFAULT_MAX_BYTES, ExportPlan, format_bytes, parse_bytes
 from .reader import Export, read_export
 from .resolve import resolve
@@ -373,8 +372,7 @@ def gene(
 def _open_parts(data: AnnData | os.PathLike | str, stack: contextlib.ExitStack):
     """AnnData or a path to an .h5ad file -> the parts the export reads."""
     if isinstance(data, str | os.PathLike):
-        check_h5ad_path(data)
-        return parts_from_h5ad(stack.enter_context(h5py.File(data, "r")))
+        return parts_from_h5ad(stack.enter_context(open_h5ad(data)))
     return parts_from_anndata(data)
 
 
