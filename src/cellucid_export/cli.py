@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import inspect
 import logging
 import re
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .accessor import CellucidAccessor
 from .catalog import write_catalog
 from .errors import CellucidExportError, InvalidParameterError
 from .export import estimate_h5ad, export_h5ad
@@ -23,14 +25,11 @@ from .validate import validate
 from .writer import InterruptedAfterPublish
 
 # Messages are written for Python callers ("pass layer='counts'"); from a shell the same advice names the option.
+# The options are those of adata.cellucid.export(), spelt as flags (overwrite and progress are switches).
 _OPTIONS = {
     name: "--" + name.replace("_", "-")
-    for name in [
-        *("layer", "genes", "gene_id_column", "var_quantization", "compression", "layout", "max_bytes"),
-        *("memory_budget", "n_jobs", "dataset_name", "dataset_id", "description", "obs_keys", "latent_key"),
-        *("obs_continuous_quantization", "obs_categorical_dtype", "vector_fields", "connectivities"),
-        *("centroid_outlier_quantile", "centroid_min_points", "source", "created_at"),
-    ]
+    for name, p in inspect.signature(CellucidAccessor.export).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and name not in ("overwrite", "progress")
 }
 _OPTIONS["embeddings"] = "--embedding"
 _OPTIONS["default"] = "--default"  # write_catalog's

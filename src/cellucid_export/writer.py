@@ -203,11 +203,9 @@ class StagingFolder:
                 raise
             self._published = True
             if old is not None:
-                # The old export is already out of the way; a file it held never mixes with the new one.
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    old.unlink()
+                # The old export is already out of the way; a file it held never mixes with the new one. It is
+                # a folder: check_target refuses a file or a link at the target.
+                shutil.rmtree(old, ignore_errors=True)
         try:
             held.deliver()
         except KeyboardInterrupt as e:
