@@ -301,3 +301,29 @@ def test_h5ad_functions_show_the_options_in_their_signature():
         params = list(inspect.signature(function).parameters)
         options = [p for p in inspect.signature(method).parameters if p != "self"][len(leading) - 1 :]
         assert params == leading + options
+
+
+def test_h5ad_functions_give_type_checkers_the_options_of_the_accessor():
+    """``**kwargs: Unpack[ExportOptions]`` lets editors and mypy check export_h5ad's options: the same
+    names and the same types as the accessor's, so a new option cannot be forgotten in one place."""
+    import inspect
+
+    from cellucid_export import CellucidAccessor
+    from cellucid_export.accessor import EstimateOptions, ExportOptions
+
+    for options, method in (
+        (ExportOptions, CellucidAccessor.export),
+        (EstimateOptions, CellucidAccessor.estimate),
+    ):
+        keyword = {
+            name: p.annotation
+            for name, p in inspect.signature(method).parameters.items()
+            if p.kind is p.KEYWORD_ONLY
+        }
+        # Annotations are postponed in both (TypedDict keeps them as forward references): compared as written.
+        assert {k: ref.__forward_arg__ for k, ref in options.__annotations__.items()} == keyword
+    for function, options in (
+        (cellucid_export.export_h5ad, "ExportOptions"),
+        (cellucid_export.estimate_h5ad, "EstimateOptions"),
+    ):
+        assert function.__annotations__["kwargs"] == f"Unpack[{options}]"

@@ -6,6 +6,7 @@ import inspect
 import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,45 @@ from .inputs import parts_from_anndata
 from .plan import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET, ExportPlan
 
 GeneSelection = None | str | Sequence[str] | Sequence[bool] | np.ndarray | pd.Series
+
+
+class EstimateOptions(TypedDict, total=False):
+    """The keyword options of :func:`~cellucid_export.estimate_h5ad`: those of :meth:`CellucidAccessor.estimate`.
+
+    Type checkers and editors read ``**kwargs`` through this; at run time the signature is copied
+    from the method (see :func:`_signature_with_options`), and a test keeps the two in step.
+    """
+
+    layer: str | None
+    genes: GeneSelection
+    gene_id_column: str | None
+    var_quantization: int | None
+    compression: int | None
+    layout: str
+    max_bytes: int | str | None
+
+
+class ExportOptions(EstimateOptions, total=False):
+    """The keyword options of :func:`~cellucid_export.export_h5ad`: those of :meth:`CellucidAccessor.export`."""
+
+    overwrite: bool
+    progress: bool
+    memory_budget: int | str
+    n_jobs: int | None
+    dataset_name: str | None
+    dataset_id: str | None
+    description: str | None
+    source: str | Mapping[str, str] | None
+    created_at: str | datetime | None
+    embeddings: str | Sequence[str] | Mapping[int, str] | bool | None
+    obs_keys: str | Sequence[str] | None
+    latent_key: str
+    connectivities: str | None
+    vector_fields: str | Sequence[str] | bool | None
+    obs_continuous_quantization: int | None
+    obs_categorical_dtype: str
+    centroid_outlier_quantile: float
+    centroid_min_points: int
 
 
 @register_anndata_namespace("cellucid")

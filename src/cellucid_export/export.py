@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -44,6 +45,11 @@ from .writer import (
     write_json,
     write_payloads,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .accessor import EstimateOptions, ExportOptions
 
 __all__ = ["ExportResult", "estimate_parts", "export_h5ad", "export_parts"]
 
@@ -494,7 +500,9 @@ def _check_keywords(kwargs: dict, call: str, *functions) -> None:
         )
 
 
-def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -> ExportResult:
+def export_h5ad(
+    path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs: Unpack[ExportOptions]
+) -> ExportResult:
     """Export straight from an ``.h5ad`` file, reading only what the export needs.
 
     The file is opened read-only. The cell names and the ``var`` tables are read, then only the
@@ -512,8 +520,8 @@ def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -
         The export folder to create. Nothing appears there until the export is complete.
     **kwargs
         Every option of :meth:`CellucidAccessor.export <cellucid_export.CellucidAccessor.export>`,
-        with the same meaning and defaults (the signature above lists them). A misspelt name is refused
-        before anything is read, naming the option meant.
+        with the same meaning and defaults (the signature above lists them; editors and type checkers
+        see them too). A misspelt name is refused before anything is read, naming the option meant.
 
     Returns
     -------
@@ -527,7 +535,7 @@ def export_h5ad(path: os.PathLike | str, out_dir: os.PathLike | str, **kwargs) -
         return export_parts(parts_from_h5ad(f), out_dir, **kwargs)
 
 
-def estimate_h5ad(path: os.PathLike | str, **kwargs) -> ExportPlan:
+def estimate_h5ad(path: os.PathLike | str, **kwargs: Unpack[EstimateOptions]) -> ExportPlan:
     """The size of an export from an ``.h5ad`` file (see :func:`export_h5ad`), without writing anything.
 
     Reads the cell names, the ``var`` tables and, when ``layer=None``, a sample of cells from the
@@ -539,8 +547,8 @@ def estimate_h5ad(path: os.PathLike | str, **kwargs) -> ExportPlan:
         The ``.h5ad`` file.
     **kwargs
         The options of :meth:`CellucidAccessor.estimate <cellucid_export.CellucidAccessor.estimate>`,
-        with the same meaning and defaults (the signature above lists them). A misspelt name is refused,
-        naming the option meant.
+        with the same meaning and defaults (the signature above lists them; editors and type checkers
+        see them too). A misspelt name is refused, naming the option meant.
 
     Returns
     -------
