@@ -26,6 +26,8 @@ def test_auto_picks_raw_and_realigns_hvg_mask(pbmc, tmp_path, caplog):
     assert "raw.X" in caplog.text  # the choice is reported to the user
     assert res.n_genes == int(hvg.sum())
     assert res.n_files == sum(1 for p in res.path.rglob("*") if p.is_file())
+    # Every file counts, the obs files written while the obs manifest is built included.
+    assert res.bytes_written == sum(p.stat().st_size for p in res.path.rglob("*") if p.is_file())
     assert res.viewer_ready and res.embeddings == {2: "X_umap"}
 
     ex = cellucid_export.read_export(res.path)

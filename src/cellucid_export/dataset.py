@@ -940,7 +940,10 @@ def write_dataset(
     (folder / "obs").mkdir(exist_ok=True)
     for dim, pts in plan.points.items():
         w.array(f"points_{dim}d.bin", pts)
-    w.bytes += write_json(folder / "obs_manifest.json", obs_manifest(plan, w, layout))
+    # obs_manifest() writes the obs files and counts them in w.bytes: call it before adding to w.bytes
+    # (``w.bytes += write_json(..., obs_manifest(...))`` would read w.bytes first and drop them).
+    manifest = obs_manifest(plan, w, layout)
+    w.bytes += write_json(folder / "obs_manifest.json", manifest)
     if plan.edges is not None:
         src, dst, weights = plan.edges
         idx = index_dtype(plan.n_cells)
