@@ -43,13 +43,71 @@ def test_guard_default_refuses_an_atlas(scrna):
     atlas = ExportPlan(n_cells=1_000_000, n_genes=20_000, var_quantization=None, compression=6)
     assert atlas.payload_bytes == 80 * 10**9  # the seed's 80 GB
     with pytest.raises(errors.ExportTooLargeError, match="80.00 GB"):
-        check_plan(atlas, "exports/atlas", cellucid_export.DEFAULT_MAX_BYTES)
+        check_plan(atlas, cellucid_export.DEFAULT_MAX_BYTES)
+
+
+def _small_disk(monkeypatch, free: int, files: int = 10**9):
+    """Make the target's disk look like it has ``free`` bytes (in 4 KB blocks) and ``files`` inodes left."""
+    from types import SimpleNamespace
+
+    def statvfs(path):
+        return SimpleNamespace(
+            f_bavail=free // 4096, f_frsize=4096, f_bsize=4096, f_files=files, f_favail=files
+        )
+
+    monkeypatch.setattr("cellucid_export.plan._disk_stats", statvfs)
 
 
 def test_guard_checks_free_space(scrna, tmp_path, monkeypatch):
-    monkeypatch.setattr("cellucid_export.plan._free_bytes", lambda p: 1000)
-    with pytest.raises(errors.ExportTooLargeError, match="only 1.00 KB is free"):
+    _small_disk(monkeypatch, 4096)
+    with pytest.raises(errors.ExportTooLargeError, match="only 4.10 KB is free") as e:
         scrna.cellucid.export(tmp_path / "out", max_bytes=None, progress=False)
+    assert "With gzip, measured on 20 genes, it would still need about" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_guard_counts_whole_disk_blocks_and_cell_data(tmp_path, monkeypatch):
+    """Small files take a whole block each, and the cell data counts: 120 genes of 300 cells are 36 KB
+    before compression, but 120 files of 4 KB on disk, plus the points and 40 obs columns."""
+    a = make_scrna(n_cells=300, n_genes=120)
+    for i in range(40):
+        a.obs[f"score{i}"] = np.random.default_rng(i).random(a.n_obs)
+    res = a.cellucid.export(tmp_path / "free", compression=None, progress=False)
+    on_disk = sum(-(-p.stat().st_size // 4096) * 4096 for p in res.path.rglob("*") if p.is_file())
+    assert on_disk > 4 * res.plan.payload_bytes
+    _small_disk(monkeypatch, on_disk - 4096)
+    with pytest.raises(errors.ExportTooLargeError, match=r"of cell data") as e:
+        a.cellucid.export(tmp_path / "out", compression=None, progress=False)
+    assert "compress the files (compression=6)" in str(e.value) and "obs_keys=" in str(e.value)
+    assert not (tmp_path / "out").exists()
+    # The check is an upper bound, but a close one.
+    _small_disk(monkeypatch, int(on_disk * 1.05))
+    a.cellucid.export(tmp_path / "out", compression=None, progress=False)
+
+
+def test_guard_lets_a_compressed_export_through_when_gzip_fits(scrna, tmp_path, monkeypatch):
+    """Too big for the disk before compression, but not after: measured on a sample, it goes ahead."""
+    a = make_scrna(n_cells=50_000, n_genes=20, density=0.05)
+    raw = 20 * 50_000
+    _small_disk(monkeypatch, raw // 2)
+    with pytest.warns(
+        errors.CellucidExportWarning, match=r"gzip brings the gene files to about .* so it goes ahead"
+    ):
+        res = a.cellucid.export(tmp_path / "out", embeddings=False, progress=False)
+    ex = cellucid_export.read_export(res.path)
+    np.testing.assert_allclose(ex.gene("G3"), a[:, "G3"].X.toarray().ravel(), atol=ex.bounds("G3")[1] / 255)
+    # Without compression the same export is refused.
+    with pytest.raises(errors.ExportTooLargeError, match="is free on the disk"):
+        a.cellucid.export(tmp_path / "plain", embeddings=False, compression=None, progress=False)
+    assert not (tmp_path / "plain").exists()
+
+
+def test_guard_checks_the_number_of_files(scrna, tmp_path, monkeypatch):
+    _small_disk(monkeypatch, 10**12, files=50)
+    with pytest.raises(
+        errors.ExportTooLargeError, match=r"has room for only 50 more \(its limit on the number of files"
+    ):
+        scrna.cellucid.export(tmp_path / "out", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -103,14 +161,19 @@ def test_failure_keeps_the_old_export_when_overwriting(scrna, tmp_path, monkeypa
     assert leftovers(tmp_path) == []
 
 
-def test_disk_full_is_explained(scrna, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("code", "said"), [(errno.ENOSPC, "is full"), (errno.EDQUOT, "is beyond your disk quota")]
+)
+def test_disk_full_is_explained(scrna, tmp_path, monkeypatch, code, said):
     def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(export, "write_payloads", full)
-    with pytest.raises(OSError, match="disk holding .* is full; nothing was written"):
-        scrna.cellucid.export(tmp_path / "out", progress=False)
+    with pytest.raises(errors.DiskFullError, match=f"disk holding .* {said} .*; nothing was written") as e:
+        scrna.cellucid.export(tmp_path / "out", var_quantization=16, progress=False)
     assert list(tmp_path.iterdir()) == []
+    # The advice names only levers the export does not use already: 16 bits, but gzip is on.
+    assert "var_quantization=8" in str(e.value) and "compression=" not in str(e.value)
 
 
 def test_sigterm_mid_export_cleans_up(tmp_path):
@@ -504,3 +567,21 @@ def test_a_signal_held_during_publishing_goes_to_the_handler_that_was_there(scrn
     finally:
         signal.signal(signal.SIGINT, previous)
     assert cellucid_export.read_export(res.path).gene_ids == ["G2"] and leftovers(tmp_path) == []
+
+
+def test_guard_counts_the_scratch_files_of_a_compressed_h5ad(tmp_path, monkeypatch):
+    """A gzip-compressed CSR file is sorted into temporary files on the target's disk: they count, and
+    the advice says how much memory_budget would avoid them."""
+    a = make_scrna(n_cells=2000, n_genes=300)
+    a.write_h5ad(tmp_path / "gz.h5ad", compression="gzip")
+    options = dict(layer="X", compression=None, embeddings=False, memory_budget="1MB", progress=False)
+    genes = 300 * 4096 + 7 * 4096  # 2,000 bytes in a block each, and the var manifest
+    scratch = int(0.08 * 2000 * 300 * 12)
+    _small_disk(monkeypatch, genes + scratch // 2)
+    with pytest.raises(errors.ExportTooLargeError, match=r"of temporary files") as e:
+        cellucid_export.export_h5ad(tmp_path / "gz.h5ad", tmp_path / "out", **options)
+    assert "memory_budget=" in str(e.value) and not (tmp_path / "out").exists()
+    # With enough memory, the matrix is sorted in memory and the same disk is enough.
+    cellucid_export.export_h5ad(
+        tmp_path / "gz.h5ad", tmp_path / "out", **{**options, "memory_budget": "64MB"}
+    )

@@ -9,6 +9,7 @@ folder. The files are described in the documentation's "A viewer-ready dataset" 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -928,6 +929,30 @@ def identity(plan: DatasetPlan, *, layout, n_genes, compression, var_quantizatio
             },
         }
     return out
+
+
+def file_sizes(plan: DatasetPlan) -> list[int]:
+    """Bytes of each file :func:`write_dataset` writes, before compression (manifests approximated).
+
+    For the disk check: cell data grows with the cells and the obs columns, and with many columns or a
+    large graph it can outweigh a small gene export.
+    """
+    if not plan.viewer_ready:
+        return []
+    n = plan.n_cells
+    value_bytes = np.dtype(PAYLOAD_KINDS[plan.obs_continuous_quantization][1]).itemsize * n
+    sizes = [pts.nbytes for pts in plan.points.values()]
+    manifest = 4096
+    for f in plan.obs_fields:
+        sizes += [value_bytes] if f.kind == "continuous" else [f.codes.nbytes, value_bytes]
+        manifest += (
+            256 + len(json.dumps(f.categories, default=str)) + len(json.dumps(f.centroids, default=str))
+        )
+    if plan.edges is not None:
+        n_edges = len(plan.edges[0])
+        sizes += [n_edges * index_dtype(n).itemsize] * 2 + [n_edges * 8, 4096]
+    sizes += [v.nbytes for by_dim in plan.vectors.values() for v in by_dim.values()]
+    return [*sizes, manifest, 4096]  # obs_manifest.json, dataset_identity.json
 
 
 def write_dataset(

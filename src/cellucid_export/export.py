@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,15 +21,19 @@ from ._kernels import RECORD
 from ._logging import logger, warn
 from .codec import get_codec
 from .dataset import DatasetPlan, log_plan, resolve_dataset, write_dataset
+from .dataset import file_sizes as dataset_file_sizes
 from .errors import CellucidExportError, InvalidParameterError
 from .inputs import open_h5ad, parts_from_h5ad
 from .plan import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MEMORY_BUDGET,
+    DiskNeed,
     ExportPlan,
     block_sizes,
+    check_disk,
     check_plan,
     format_bytes,
+    full_disk_advice,
     parse_bytes,
     plural,
 )
@@ -212,21 +216,9 @@ def var_manifest(sel: Selection, layout: str, var_quantization, compression, lo,
     }
 
 
-def read_genes(
-    sel: Selection,
-    *,
-    var_quantization,
-    layout,
-    memory_budget: int,
-    n_jobs: int,
-    scratch_dir: Path,
-) -> Prefetch:
-    """Start reading and quantizing the selected genes on a background thread; returns the blocks.
-
-    Scratch files (a CSR file too large to read twice) go in ``scratch_dir``. Closing the result
-    stops the reader within a read chunk, so a failure or Ctrl-C does not wait for a whole pass.
-    """
-    read_block, payload_genes = block_sizes(
+def _block_sizes(sel: Selection, var_quantization, memory_budget: int) -> tuple[int, int]:
+    """Genes per read block and per payload block for this selection (see :func:`~cellucid_export.plan.block_sizes`)."""
+    return block_sizes(
         sel.n_cells,
         sel.source.nnz_fraction(),
         sel.source.is_sparse,
@@ -234,6 +226,50 @@ def read_genes(
         memory_budget,
         sel.source.bytes_per_value,
     )
+
+
+#: Genes the disk check compresses when the export fits the disk only after gzip (see check_disk).
+GZIP_SAMPLE_GENES = 20
+
+
+def _gzip_sample(sel: Selection, var_quantization, layout, compression, n_jobs: int) -> list[int]:
+    """Gzip sizes of up to :data:`GZIP_SAMPLE_GENES` genes spread over the selection, encoded as exported."""
+    n = len(sel.gene_ids)
+    picks = np.unique(np.linspace(0, n - 1, min(n, GZIP_SAMPLE_GENES)).round().astype(int))
+    sample = replace(sel, gene_idx=sel.gene_idx[picks], gene_ids=[sel.gene_ids[i] for i in picks])
+    codec = get_codec(int(compression))
+    sizes: list[int] = []
+    budget = 64 * 2**20
+    with read_genes(
+        sample,
+        var_quantization=var_quantization,
+        layout=layout,
+        memory_budget=budget,
+        n_jobs=n_jobs,
+        scratch_dir=None,
+    ) as blocks:
+        for qb in blocks:
+            sizes += [
+                len(codec.encode(memoryview(np.ascontiguousarray(row)).cast("B"))) for row in qb.payload
+            ]
+    return sizes
+
+
+def read_genes(
+    sel: Selection,
+    *,
+    var_quantization,
+    layout,
+    memory_budget: int,
+    n_jobs: int,
+    scratch_dir: Path | None,
+) -> Prefetch:
+    """Start reading and quantizing the selected genes on a background thread; returns the blocks.
+
+    Scratch files (a CSR file too large to read twice) go in ``scratch_dir``. Closing the result
+    stops the reader within a read chunk, so a failure or Ctrl-C does not wait for a whole pass.
+    """
+    read_block, payload_genes = _block_sizes(sel, var_quantization, memory_budget)
     n = len(sel.gene_ids)
     stop = threading.Event()
 
@@ -385,8 +421,18 @@ def export_parts(
     check_target(target.absolute(), overwrite)
     sel = resolve(parts, layer=layer, genes=genes, gene_id_column=gene_id_column, layout=layout)
     dataset = resolve_dataset(parts, layout=layout, target=target.absolute(), **dataset_options)
-    plan = _plan(sel, var_quantization, compression)
-    check_plan(plan, target, max_bytes)
+    plan = _plan(sel, var_quantization, compression, max_bytes)
+    check_plan(plan, max_bytes)
+    read_block, _ = _block_sizes(sel, var_quantization, memory_budget)
+    need = DiskNeed(
+        plan, tuple(dataset_file_sizes(dataset)), sel.source.scratch_bytes(len(sel.gene_ids), read_block)
+    )
+    measure = (
+        functools.partial(_gzip_sample, sel, var_quantization, layout, compression, jobs)
+        if compression
+        else None
+    )
+    check_disk(need, target, measure)
     logger.info(f"exporting {sel.source_name}: {sel.reason}.")
     logger.info(
         f"{plural(len(sel.gene_ids), 'gene')} ({sel.notes[0]}) x {sel.n_cells:,} cells, "
@@ -400,7 +446,9 @@ def export_parts(
     log_plan(dataset)
     # The reader stops (within a read chunk) before the staging folder, which holds its scratch files, goes.
     with (
-        StagingFolder(target, overwrite=overwrite) as stage,
+        StagingFolder(
+            target, overwrite=overwrite, full_disk_advice=full_disk_advice(need, compression)
+        ) as stage,
         read_genes(
             sel,
             var_quantization=var_quantization,

@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ._logging import warn
 from .errors import ExportTooLargeError, InvalidParameterError
 from .quantize import PAYLOAD_KINDS, payload_row_bytes
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MEMORY_BUDGET", "ExportPlan", "check_plan", "parse_bytes"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MEMORY_BUDGET",
+    "DiskNeed",
+    "ExportPlan",
+    "check_disk",
+    "check_plan",
+    "parse_bytes",
+]
 
 #: Default ``max_bytes`` (8 GB): exports whose gene files exceed this before compression are refused.
 DEFAULT_MAX_BYTES = 8 * 10**9
@@ -196,38 +205,164 @@ class ExportPlan:
         p.text(repr(self))
 
 
-def _free_bytes(target: Path) -> int:
-    probe = target
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
-
-
-def check_plan(plan: ExportPlan, target: os.PathLike, max_bytes: int | None) -> None:
-    """Refuse an export above ``max_bytes`` or larger than the free disk space, before writing.
-
-    The free-space check uses the uncompressed size: gzip usually writes much less, but its ratio
-    is only known after the fact, and running out of disk mid-export wastes the whole run.
-    """
-    # Only what changes the size before compression helps here; gzip's saving is known only afterwards.
-    levers = (
+def _levers(plan: ExportPlan) -> str:
+    """What makes the gene files smaller before compression (gzip's saving is known only afterwards)."""
+    return (
         "To make it smaller: export fewer genes (genes= a boolean var column such as highly_variable, a "
         "marker list or a panel)"
         + (", use 8-bit quantization (var_quantization=8)" if plan.var_quantization != 8 else "")
     )
+
+
+def _shown(plan: ExportPlan) -> str:
+    """The plan as an error shows it: the error says itself what is wrong, so without the verdict line."""
+    return repr(replace(plan, max_bytes=None))
+
+
+def check_plan(plan: ExportPlan, max_bytes: int | None) -> None:
+    """Refuse an export whose gene files are above ``max_bytes`` before compression, before writing."""
     if max_bytes is not None and plan.payload_bytes > max_bytes:
         raise ExportTooLargeError(
             f"This export would write {format_bytes(plan.payload_bytes)} of gene files before compression, "
-            f"above max_bytes={format_bytes(max_bytes)}.\n{plan!r}\n{levers}, or pass max_bytes=None "
-            "(or a larger value) if you really want all of it."
+            f"above max_bytes={format_bytes(max_bytes)}.\n{_shown(plan)}\n{_levers(plan)}, or pass "
+            "max_bytes=None (or a larger value) if you really want all of it."
         )
-    free = _free_bytes(Path(target).absolute().parent)
-    if plan.payload_bytes > free:
+
+
+#: How much larger than measured on a sample of genes the gzip sizes may turn out (see check_disk).
+GZIP_MARGIN = 1.25
+
+
+@dataclass(frozen=True)
+class DiskNeed:
+    """The files an export puts on the target's disk, before compression, and its scratch files.
+
+    Attributes
+    ----------
+    plan
+        The gene files.
+    other_files
+        Bytes of each other file: cell data (points, obs, graph, vectors) and their manifests.
+    scratch_bytes
+        Temporary files a large CSR matrix is sorted into, on the same disk, removed as they are used.
+
+    """
+
+    plan: ExportPlan
+    other_files: tuple[int, ...] = ()
+    scratch_bytes: int = 0
+
+    @property
+    def n_files(self) -> int:
+        """Files in the finished export (folders not counted)."""
+        return self.plan.n_files + len(self.other_files)
+
+    def on_disk(self, block: int, gene_sizes: list[float] | None = None) -> int:
+        """Bytes taken on a disk that allocates ``block`` bytes at a time (every file takes whole blocks).
+
+        ``gene_sizes``: sizes of a sample of gene files (e.g. measured with gzip), to count every gene
+        file as their mean on disk instead of its size before compression.
+        """
+        if gene_sizes is None:
+            genes = self.plan.n_genes * _whole_blocks(self.plan.bytes_per_gene, block)
+        else:
+            genes = int(self.plan.n_genes * np.mean([_whole_blocks(b, block) for b in gene_sizes]))
+        return genes + self.cell_data(block) + self.scratch_bytes
+
+    def cell_data(self, block: int) -> int:
+        """Bytes on disk of everything but the gene files and the scratch files."""
+        var_manifest = self.plan.n_genes * 80 + 1024  # an id and two bounds per gene
+        return sum(_whole_blocks(b, block) for b in (var_manifest, *self.other_files))
+
+
+def full_disk_advice(need: DiskNeed, compression: int | None) -> str:
+    """What to tell a user whose disk is too small for this export: only levers not already in use."""
+    ways = ["free some space or write to another disk", "export fewer genes (genes=, e.g. highly_variable)"]
+    if need.plan.var_quantization != 8:
+        ways.append("use 8-bit quantization (var_quantization=8)")
+    if not compression:
+        ways.append("compress the files (compression=6)")
+    if need.scratch_bytes:
+        ways.append(
+            f"give it memory_budget='{format_bytes(2 * need.scratch_bytes).replace(' ', '')}' or more, so the "
+            f"matrix is sorted in memory instead of {format_bytes(need.scratch_bytes)} of temporary files "
+            "(if the computer has that much)"
+        )
+    if len(need.other_files) > 20:
+        ways.append("export fewer obs columns (obs_keys=)")
+    return "To make it fit: " + "; ".join(ways) + "."
+
+
+def _whole_blocks(n: float, block: int) -> int:
+    return int(-(-int(np.ceil(n)) // block) * block)
+
+
+def _disk_stats(path: Path) -> os.statvfs_result:
+    """Free space and files of the disk holding ``path`` (a function of its own, for the tests)."""
+    return os.statvfs(path)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_disk(
+    need: DiskNeed, target: os.PathLike, measure_gzip: Callable[[], list[int]] | None = None
+) -> str | None:
+    """Refuse an export that cannot fit on the target's disk, before writing anything.
+
+    Counts the files' sizes before compression, each rounded up to the disk's blocks, the cell data and
+    the scratch files, and the number of files against the disk's limit (its free inodes). When that does
+    not fit and the export is compressed, ``measure_gzip`` compresses a sample of genes and returns their
+    sizes: if the export fits with those sizes (plus a margin of :data:`GZIP_MARGIN`), it goes ahead with
+    a warning. Running out of space anyway stops the export with nothing left
+    behind (:class:`~cellucid_export.errors.DiskFullError`).
+    """
+    where = _nearest_existing(Path(target).absolute().parent)
+    st = _disk_stats(where)
+    free = st.f_bavail * st.f_frsize
+    block = max(512, st.f_frsize or st.f_bsize or 4096)
+    plan = need.plan
+    if st.f_files and need.n_files + 16 > st.f_favail:  # 16: the folders
         raise ExportTooLargeError(
-            f"This export needs up to {format_bytes(plan.payload_bytes)} but only {format_bytes(free)} is "
-            f"free on the disk of {Path(target).absolute().parent}.\n{plan!r}\n{levers}, or write to a "
-            "disk with more space."
+            f"This export writes {need.n_files:,} files, but the disk of {where} has room for only "
+            f"{st.f_favail:,} more (its limit on the number of files, although {format_bytes(free)} is "
+            f"free).\n{_shown(plan)}\nExport fewer genes, or write to another disk."
         )
+    raw = need.on_disk(block)
+    if raw <= free:
+        return None
+    parts = [
+        f"{format_bytes(raw - need.cell_data(block) - need.scratch_bytes)} of gene files before compression"
+    ]
+    if need.other_files:
+        parts.append(f"{format_bytes(need.cell_data(block))} of cell data and manifests")
+    if need.scratch_bytes:
+        parts.append(f"{format_bytes(need.scratch_bytes)} of temporary files")
+    measured = ""
+    if measure_gzip is not None:
+        sizes = measure_gzip()
+        packed = need.on_disk(block, [GZIP_MARGIN * b for b in sizes])
+        if packed <= free:
+            warn(
+                f"The export needs up to {format_bytes(raw)} before compression and {format_bytes(free)} is "
+                f"free on the disk of {where}; gzip brings the gene files to about "
+                f"{format_bytes(plan.n_genes * float(np.mean(sizes)))} (measured on "
+                f"{plural(len(sizes), 'gene')}), so it goes ahead. If the disk fills up anyway, the export "
+                "stops and leaves nothing behind."
+            )
+            return
+        measured = (
+            f" With gzip, measured on {plural(len(sizes), 'gene')}, it would still need about "
+            f"{format_bytes(packed)}."
+        )
+    raise ExportTooLargeError(
+        f"This export needs up to {format_bytes(raw)} on disk ({', '.join(parts)}) but only "
+        f"{format_bytes(free)} is free on the disk of {where}.{measured}\n{_shown(plan)}\n"
+        + full_disk_advice(need, plan.compression)
+    )
 
 
 def block_sizes(

@@ -91,6 +91,10 @@ class GeneBlockSource:
         """A dense float32 sample of up to ``n_rows`` cells and all genes, read cheaply."""
         raise NotImplementedError
 
+    def scratch_bytes(self, n_genes: int, genes_per_block: int) -> int:
+        """About how many bytes of scratch files :meth:`blocks` writes for these genes (0: none)."""
+        return 0
+
     def blocks(
         self,
         gene_idx: np.ndarray,
@@ -286,6 +290,14 @@ class StreamedCSR(GeneBlockSource):
 
     def nnz_fraction(self):
         return float(self.indptr[-1]) / max(1, self._file_rows * self.shape[1])
+
+    def scratch_bytes(self, n_genes, genes_per_block):
+        # Records of every stored value of the exported genes and cells, spilled when there are several
+        # blocks and the matrix is not re-read (see blocks); the genes' share of the stored values is
+        # taken as their share of the columns.
+        if self.rereads or n_genes <= max(1, genes_per_block):
+            return 0
+        return int(self.nnz_fraction() * self.shape[0] * n_genes * RECORD.itemsize)
 
     def sample_rows(self, n_rows):
         rows = np.arange(min(n_rows, self.shape[0]))

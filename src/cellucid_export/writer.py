@@ -132,9 +132,11 @@ class StagingFolder:
     target that it created.
     """
 
-    def __init__(self, target: os.PathLike, *, overwrite: bool):
+    def __init__(self, target: os.PathLike, *, overwrite: bool, full_disk_advice: str = "Free some space."):
         self.target = Path(target).absolute()
         self.overwrite = overwrite
+        #: What to do when the disk fills up (the export knows its own levers).
+        self.full_disk_advice = full_disk_advice
         check_target(self.target, overwrite)
         self.path = self.target.parent / f".{self.target.name}.staging-{uuid.uuid4().hex[:8]}"
         self._signals = _terminate_as_interrupt()
@@ -168,10 +170,11 @@ class StagingFolder:
                 self._remove_created()
         finally:
             self._signals.__exit__(exc_type, exc, tb)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            full = "is full" if exc.errno == errno.ENOSPC else "is beyond your disk quota"
             raise DiskFullError(
-                f"The disk holding {self.target.parent} is full; nothing was written to {self.target}. "
-                "Free some space, export fewer genes, or keep 8-bit quantization and gzip on."
+                f"The disk holding {self.target.parent} {full} (out of space, or of the files it may hold); nothing was "
+                f"written to {self.target}. {self.full_disk_advice}"
             ) from exc
         return False
 
