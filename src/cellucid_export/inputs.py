@@ -21,7 +21,11 @@ __all__ = ["open_h5ad", "parts_from_anndata", "parts_from_h5ad"]
 
 
 def _index_array(idx, n: int) -> np.ndarray:
-    return np.arange(n)[idx] if isinstance(idx, slice) else np.asarray(idx)
+    """Positions of a view's subset: anndata keeps a slice, integer positions or a boolean mask."""
+    if isinstance(idx, slice):
+        return np.arange(n)[idx]
+    idx = np.asarray(idx)
+    return np.flatnonzero(idx) if idx.dtype == bool else idx
 
 
 def _shapes(mapping) -> dict[str, tuple[int, ...]]:
@@ -54,7 +58,8 @@ def parts_from_anndata(adata: AnnData) -> AnnDataParts:
             obs_names=adata.obs_names,
             var=adata.var,
             X=(lambda: ref.X) if ref.X is not None else None,
-            layers={k: (lambda k=k: ref.layers[k][:, var_idx]) for k in ref.layers},
+            # The whole layer, like X: resolve() picks the view's genes from any matrix of the file's genes.
+            layers={k: (lambda k=k: ref.layers[k]) for k in ref.layers},
             raw_var=ref_raw.var if ref_raw is not None else None,
             raw_X=(lambda: ref_raw.X) if ref_raw is not None else None,
             obs_idx=oidx,

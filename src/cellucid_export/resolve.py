@@ -684,6 +684,13 @@ class _ColumnSubset(GeneBlockSource):
     def nnz_fraction(self):
         return self.inner.nnz_fraction()
 
+    @property
+    def bytes_per_value(self):  # how the inner reader's blocks are sized, passes or records
+        return self.inner.bytes_per_value
+
+    def scratch_bytes(self, n_genes, genes_per_block):
+        return self.inner.scratch_bytes(n_genes, genes_per_block)
+
     def sample_rows(self, n_rows):
         return self.inner.sample_rows(n_rows)[:, self.var_idx]
 
