@@ -390,6 +390,19 @@ def test_graph_and_vectors_in_an_export(tmp_path):
     assert not (res.path / "connectivity_manifest.json").exists() and not (res.path / "vectors").exists()
 
 
+def test_vector_fields_of_an_embedding_without_the_x_prefix(tmp_path):
+    """squidpy keeps coordinates in obsm['spatial'] (no X_): its velocity_spatial is found all the same."""
+    a = make_scrna(n_cells=120, n_genes=4)
+    rng = np.random.default_rng(3)
+    a.obsm["spatial"] = rng.normal(size=(120, 2))
+    a.obsm["velocity_spatial"] = rng.normal(size=(120, 2))
+    res = export(a, tmp_path / "s", embeddings="spatial", layout="index")
+    assert res.embeddings == {2: "spatial"} and res.vector_fields == ["velocity_spatial"]
+    ident = json.loads((res.path / "dataset_identity.json").read_text())
+    assert ident["vector_fields"]["fields"]["velocity_spatial"]["basis"] == "spatial"
+    assert cellucid_export.validate(res.path) == []
+
+
 def test_identity_options(tmp_path):
     a = make_scrna(n_cells=40, n_genes=4)
     with pytest.raises(errors.InvalidParameterError, match=r"dataset_id='my data!'.*'my-data'"):

@@ -282,6 +282,11 @@ def test_h5ad_functions_explain_a_wrong_first_argument_and_unknown_options(scrna
         errors.InvalidParameterError, match=r"estimate_h5ad\(\) got unknown keyword arguments: n_jobs"
     ):
         cellucid_export.estimate_h5ad(h5ad, n_jobs=2)
+    # An argument of an internal step is not an option either.
+    with pytest.raises(
+        errors.InvalidParameterError, match=r"export_h5ad\(\) got unknown keyword arguments: target"
+    ):
+        cellucid_export.export_h5ad(h5ad, out, target="elsewhere")
     assert not out.exists()
     # Every option of the accessor is accepted by export_h5ad.
     res = cellucid_export.export_h5ad(h5ad, out, layer="log1p", genes=["G1"], obs_keys=[], progress=False)

@@ -585,3 +585,41 @@ def test_guard_counts_the_scratch_files_of_a_compressed_h5ad(tmp_path, monkeypat
     cellucid_export.export_h5ad(
         tmp_path / "gz.h5ad", tmp_path / "out", **{**options, "memory_budget": "64MB"}
     )
+
+
+def test_a_failed_publish_puts_the_previous_export_back_or_says_where_it_is(scrna, tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    scrna.cellucid.export(target, genes=["G1"], progress=False)
+    before = folder_digest(target)
+    real_replace = os.replace
+
+    def replace(src, dst, fail_restore):
+        if ".staging-" in str(src) or (fail_restore and ".old-" in str(src)):
+            raise OSError(errno.EIO, "I/O error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(writer.os, "replace", lambda s, d: replace(s, d, False))
+    with pytest.raises(OSError, match="I/O error"):
+        scrna.cellucid.export(target, genes=["G2"], overwrite=True, progress=False)
+    assert folder_digest(target) == before and leftovers(tmp_path) == []
+    # Putting it back fails too: the error says where the previous export is, intact.
+    monkeypatch.setattr(writer.os, "replace", lambda s, d: replace(s, d, True))
+    with pytest.raises(
+        errors.CellucidExportError, match=r"it is intact in .*\.out\.old-.*Rename that folder to out"
+    ):
+        scrna.cellucid.export(target, genes=["G2"], overwrite=True, progress=False)
+    (old,) = tmp_path.glob(".out.old-*")
+    assert folder_digest(old) == before
+
+
+def test_an_old_export_that_cannot_be_removed_is_named(scrna, tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    scrna.cellucid.export(target, genes=["G1"], progress=False)
+    monkeypatch.setattr(
+        writer.shutil, "rmtree", lambda path, *a, **k: None
+    )  # e.g. a file held open on Windows
+    with pytest.warns(
+        errors.CellucidExportWarning, match=r"could not be removed completely: delete .*\.out\.old-"
+    ):
+        scrna.cellucid.export(target, genes=["G2"], overwrite=True, progress=False)
+    assert cellucid_export.read_export(target).gene_ids == ["G2"]

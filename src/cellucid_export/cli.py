@@ -448,7 +448,7 @@ def _run(args) -> int:
                 return 1
         else:
             _inspect(args)
-    except (CellucidExportError, FileNotFoundError, KeyError) as e:
+    except (CellucidExportError, FileNotFoundError) as e:  # other errors are bugs: their traceback helps
         print(f"error: {_shell_words(str(e))}", file=sys.stderr)
         return 2
     except InterruptedAfterPublish as e:

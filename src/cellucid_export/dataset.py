@@ -545,7 +545,7 @@ def _vector_candidates(parts: AnnDataParts, embeddings: dict[int, str]) -> dict[
     """Obsm keys such as ``velocity_umap`` aligned with an exported ``X_umap``: key -> (field id, dim, basis)."""
     out = {}
     for dim, ekey in embeddings.items():
-        basis = ekey[2:]
+        basis = ekey.removeprefix("X_")  # scanpy's X_umap; squidpy's spatial has no prefix
         base = re.sub(r"_[123]d$", "", basis)
         for key, shape in parts.obsm_shapes.items():
             if key.startswith("X_") or _embedding_dim(key, shape, parts.n_obs) != dim:

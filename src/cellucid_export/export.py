@@ -537,7 +537,7 @@ def _check_keywords(kwargs: dict, call: str, *functions) -> None:
         for fn in functions
         for name, p in inspect.signature(fn).parameters.items()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    } - {"target"}  # resolve_dataset's, set by the export itself
     unknown = sorted(set(kwargs) - known)
     if unknown:
         close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}

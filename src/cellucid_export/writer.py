@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._logging import warn
 from .codec import Codec
 from .errors import (
+    CellucidExportError,
     DiskFullError,
     ExportExistsError,
     InvalidParameterError,
@@ -178,6 +180,16 @@ class StagingFolder:
             ) from exc
         return False
 
+    def _restore(self, old: Path, cause: BaseException) -> None:
+        """Put the previous export back after publishing failed; say where it is if even that fails."""
+        try:
+            os.replace(old, self.target)
+        except OSError as e:
+            raise CellucidExportError(
+                f"Publishing the new export failed ({cause}), and so did putting the previous export back "
+                f"({e.strerror}): it is intact in {old}. Rename that folder to {self.target.name} to restore it."
+            ) from cause
+
     def _remove_created(self) -> None:
         """Remove the (empty) folders above the target that :meth:`__enter__` made, deepest first."""
         for folder in self._created:
@@ -200,15 +212,20 @@ class StagingFolder:
                 os.replace(self.target, old)
             try:
                 os.replace(self.path, self.target)
-            except BaseException:
+            except BaseException as e:
                 if old is not None:
-                    os.replace(old, self.target)
+                    self._restore(old, e)
                 raise
             self._published = True
             if old is not None:
                 # The old export is already out of the way; a file it held never mixes with the new one. It is
                 # a folder: check_target refuses a file or a link at the target.
                 shutil.rmtree(old, ignore_errors=True)
+                if os.path.lexists(old):
+                    warn(
+                        f"{self.target} holds the new export, but the previous one could not be removed "
+                        f"completely: delete {old} yourself."
+                    )
         try:
             held.deliver()
         except KeyboardInterrupt as e:
