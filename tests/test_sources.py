@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import anndata as ad
 import h5py
 import numpy as np
@@ -365,3 +369,22 @@ def test_a_matrix_of_a_closed_file_is_explained(adata, h5ads, kind):
         a.cellucid.estimate(layer="X")
     with pytest.raises(cellucid_export.errors.InputReadError, match="was closed"):
         a.cellucid.estimate()  # the automatic choice says so too, rather than 'cannot be read'
+
+
+def test_scratch_files_need_one_file_handle_whatever_the_number_of_blocks(h5ads, tmp_path):
+    """A compressed CSR file sorted into many blocks (here 80, one gene each) under a limit of 40 open files."""
+    script = textwrap.dedent(f"""
+        import resource, sys
+        import cellucid_export
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+        res = cellucid_export.export_h5ad({str(h5ads["csr-gzip"])!r}, {str(tmp_path / "out")!r}, layer="X",
+            memory_budget=1000, n_jobs=1, progress=False, embeddings=False)
+        print(res.n_genes)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "80"
+    ref = cellucid_export.export_h5ad(
+        h5ads["csr"], tmp_path / "ref", layer="X", progress=False, embeddings=False
+    )
+    assert folder_digest(ref.path) == folder_digest(tmp_path / "out")

@@ -493,25 +493,31 @@ class StreamedCSR(GeneBlockSource):
             yield GeneRecords(n_cells, stats, 0, n_genes, parts)
             return
         with tempfile.TemporaryDirectory(prefix="cellucid-export-", dir=scratch_dir) as tmp:
-            paths = [Path(tmp) / f"block{b}.bin" for b in range(n_blocks)]
-            handles = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below, together
+            # One scratch file, whatever the number of blocks (a file per block could run out of file
+            # handles): each read chunk appends its records block by block, and each block remembers
+            # where its pieces are.
+            path = Path(tmp) / "records.bin"
+            pieces: list[list[tuple[int, int]]] = [[] for _ in range(n_blocks)]
+            with open(path, "wb") as fh:
 
-            def spill(rec, bounds):
-                raw = rec.view(np.uint8).reshape(-1, RECORD.itemsize)
-                for b in np.flatnonzero(np.diff(bounds)):
-                    handles[b].write(raw[bounds[b] : bounds[b + 1]])
+                def spill(rec, bounds):
+                    raw = rec.view(np.uint8).reshape(-1, RECORD.itemsize)
+                    for b in np.flatnonzero(np.diff(bounds)):
+                        pieces[b].append((fh.tell(), int(bounds[b + 1] - bounds[b])))
+                        fh.write(raw[bounds[b] : bounds[b + 1]])
 
-            try:
                 self._records_pass(pos_of, stats, spill, per, n_blocks, cancel)
-            finally:
-                for h in handles:
-                    h.close()
-            for b, path in enumerate(paths):
-                rec = np.fromfile(path, dtype=RECORD)
-                path.unlink()
-                g0, g1 = b * per, min(n_genes, (b + 1) * per)
-                yield GeneRecords(n_cells, stats[g0:g1], 0, g1 - g0, [rec])
-                del rec
+            with open(path, "rb") as fh:
+                for b in range(n_blocks):
+                    rec = np.empty(sum(n for _, n in pieces[b]), dtype=RECORD)
+                    view, at = rec.view(np.uint8), 0
+                    for offset, n in pieces[b]:
+                        fh.seek(offset)
+                        fh.readinto(view[at : at + n * RECORD.itemsize])
+                        at += n * RECORD.itemsize
+                    g0, g1 = b * per, min(n_genes, (b + 1) * per)
+                    yield GeneRecords(n_cells, stats[g0:g1], 0, g1 - g0, [rec])
+                    del rec
 
 
 class OnDiskCSC(GeneBlockSource):
