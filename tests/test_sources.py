@@ -227,12 +227,19 @@ def test_lead_block_comes_from_the_statistics_pass(adata, order):
     assert isinstance(capped, CSRPass) and capped.shape == (500, 80)
 
 
-@pytest.mark.parametrize("chunk_nnz", [sources.READ_CHUNK_NNZ, 97], ids=["one-part", "parts-on-threads"])
-def test_backed_view(h5ads, adata, tmp_path, monkeypatch, chunk_nnz):
+@pytest.mark.parametrize(
+    ("kind", "chunk_nnz"), [("csr", sources.READ_CHUNK_NNZ), ("csr", 97), ("dense", 0), ("csc", 0)],
+    ids=["csr-one-part", "csr-parts-on-threads", "dense", "csc"],
+)  # fmt: skip
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_backed_view(h5ads, adata, tmp_path, monkeypatch, kind, chunk_nnz, order):
     # Small read chunks split each pass over the threads: each part maps its own file rows to cells.
-    monkeypatch.setattr(sources, "READ_CHUNK_NNZ", chunk_nnz)
-    backed = ad.read_h5ad(h5ads["csr"], backed="r")
+    monkeypatch.setattr(sources, "READ_CHUNK_NNZ", chunk_nnz or sources.READ_CHUNK_NNZ)
+    monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 4096)  # dense files: many slabs, most without a cell
+    backed = ad.read_h5ad(h5ads[kind], backed="r")
     cells = np.flatnonzero(np.arange(backed.n_obs) % 3 == 0)
+    if order == "shuffled":
+        cells = np.random.default_rng(0).permutation(cells)[:100]
     view = backed[cells, 10:30]
     assert view.is_view and view.isbacked
     res = view.cellucid.export(tmp_path / "bv", var_quantization=None, n_jobs=3, **OPTS)

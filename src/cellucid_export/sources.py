@@ -596,12 +596,16 @@ class OnDiskDense(GeneBlockSource):
         n_file_rows = self.ds.shape[0]
         g0, g1 = int(idx.min()), int(idx.max()) + 1
         rows_per_slab = max(1, READ_CHUNK_BYTES // max(1, (g1 - g0) * self.ds.dtype.itemsize))
-        out = np.empty((n_file_rows, len(idx)), np.float32)
+        # Only the exported cells get room (the block was sized for them), and slabs without any are skipped.
+        rows = np.arange(n_file_rows) if self.obs_idx is None else self.obs_idx
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        out = np.empty((len(rows), len(idx)), np.float32)
         for r0 in range(0, n_file_rows, rows_per_slab):
             r1 = min(n_file_rows, r0 + rows_per_slab)
-            out[r0:r1] = self.ds[r0:r1, g0:g1][:, idx - g0]
-        if self.obs_idx is not None:
-            out = out[self.obs_idx]
+            a, b = np.searchsorted(sorted_rows, [r0, r1])
+            if a < b:
+                out[order[a:b]] = self.ds[r0:r1, g0:g1][sorted_rows[a:b] - r0][:, idx - g0]
         return out
 
 
