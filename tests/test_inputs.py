@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import scipy.sparse as sp
 from tests.conftest import make_scrna
 
@@ -82,6 +83,48 @@ def test_auto_refuses_normalised_but_not_logged(tmp_path):
     a.layers.clear()
     with pytest.raises(errors.MatrixChoiceError, match="not log-transformed"):
         export(a, tmp_path)
+
+
+def test_auto_refuses_a_small_panel_normalised_but_not_logged(tmp_path):
+    """A low-depth panel after sc.pp.normalize_total stays below the "looks linear" maximum: the equal cell
+    totals give it away, and the advice is to log-transform (it is normalised already)."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(rng.gamma(0.5, 1.0, 300) / 2, (600, 300)).astype(np.float32)
+    a = ad.AnnData(sp.csr_matrix(counts))
+    a.var_names = [f"G{i}" for i in range(300)]
+    sc.pp.normalize_total(a)
+    assert a.X.max() < 50
+    with pytest.raises(errors.MatrixChoiceError, match=r"every cell sampled sums to .*normalize_total") as e:
+        export(a, tmp_path)
+    assert "log-transform the normalised values first: sc.pp.log1p(adata)" in str(e.value)
+    assert "normalize_total(adata);" not in str(e.value)
+    sc.pp.log1p(a)
+    assert export(a, tmp_path, embeddings=False).source == "X"
+
+
+def test_auto_sees_a_scaled_x_without_negative_values(pbmc_master, tmp_path):
+    """sc.pp.scale(zero_center=False) leaves X non-negative; its var columns say it was scaled."""
+    a = pbmc_master.copy()
+    a.X = a.raw[:, a.var_names].X.toarray()
+    sc.pp.scale(a, zero_center=False)
+    assert a.X.min() >= 0 and {"mean", "std"} <= set(a.var.columns)
+    res = export(a, tmp_path, genes=["CD79A"])
+    assert res.source == "raw.X" and "sc.pp.scale adds" in res.source_reason
+    assert export(a, tmp_path / "x", genes=["CD79A"], layer="X").source == "X"
+
+
+def test_auto_samples_cells_across_the_matrix(tmp_path):
+    """Concatenated batches, the first log-normalised and the second still counts: the second is seen."""
+    a = make_scrna(n_cells=1200)
+    x = a.X.toarray()
+    x[600:] = a.layers["counts"].toarray()[600:]
+    a.X = sp.csr_matrix(x)
+    a.layers.clear()
+    with pytest.raises(
+        errors.MatrixChoiceError, match=r"X mixes cells of whole numbers \(\d+ of \d+ cells sampled"
+    ):
+        export(a, tmp_path)
+    assert_nothing_written(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -144,7 +144,10 @@ class Selection:
 
 
 def _describe(sample: np.ndarray) -> tuple[str, str]:
-    """Classify a sample of a matrix: (kind, sentence). Kind is 'log', 'scaled', 'counts', 'linear' or 'empty'."""
+    """Classify a sample of a matrix: (kind, sentence).
+
+    Kind is 'log', 'scaled', 'counts', 'mixed' (some cells counts), 'linear' (normalised, not logged) or 'empty'.
+    """
     finite = sample[np.isfinite(sample)]
     if finite.size == 0 or not finite.any():
         return "empty", "holds only zeros or missing values in the cells sampled"
@@ -156,6 +159,31 @@ def _describe(sample: np.ndarray) -> tuple[str, str]:
         )
     if np.array_equal(finite, np.round(finite)):
         return "counts", f"holds only whole numbers (max {hi:.0f}): it looks like raw counts"
+    # sc.pp.normalize_total makes every cell sum to the same total; log1p undoes that. The maximum alone
+    # misses it in a small panel, where normalised values stay low (and cells with the median total
+    # keep whole numbers).
+    clean = np.where(np.isfinite(sample), sample, 0)
+    sums = clean.sum(axis=1, dtype=np.float64)
+    sums = sums[sums > 0]
+    if len(sums) >= 20 and np.ptp(sums) <= 1e-3 * sums.mean():
+        return (
+            "linear",
+            f"is normalised but not log-transformed (every cell sampled sums to {sums.mean():.4g}, as after "
+            "sc.pp.normalize_total); sc.pp.log1p would fix that",
+        )
+    # Cells of counts among non-integer ones: batches concatenated at different stages. A count row holds
+    # ones and several distinct whole numbers; a normalised cell with very few counts can be whole numbers
+    # too (two counts of 1 become 5000 and 5000), but not those.
+    expressed = clean.any(axis=1)
+    whole = expressed & (clean == np.round(clean)).all(axis=1) & (clean == 1).any(axis=1)
+    whole[whole] = [len(np.unique(row[row != 0])) >= 3 for row in clean[whole]]
+    if whole.sum() >= 2:
+        return (
+            "mixed",
+            f"mixes cells of whole numbers ({int(whole.sum())} of {int(expressed.sum())} cells sampled) with "
+            "non-integer ones: raw counts in some cells (batches concatenated at different stages?), or "
+            "normalised values not log-transformed",
+        )
     if hi > 50:
         return "linear", f"is normalised but not log-transformed (max {hi:.3g}); sc.pp.log1p would fix that"
     return "log", f"looks log-normalised (non-negative, non-integer, max {hi:.3g})"
@@ -228,6 +256,13 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
         return cands[key], opened[key], why
 
     if "X" in cands and judge("X") == "log":
+        if "raw" in cands and {"mean", "std"} <= set(parts.var.columns) and judge("raw") == "log":
+            # sc.pp.scale(zero_center=False) leaves no negative value, only these two var columns.
+            return chosen(
+                "raw",
+                f"X {looks['X'][1]}, but var has the 'mean' and 'std' columns sc.pp.scale adds, so X is "
+                f"probably scaled; raw.X {looks['raw'][1]} (pass layer='X' to export X anyway)",
+            )
         return chosen("X", f"X {looks['X'][1]}")
     if "X" in cands and "raw" in cands and looks["X"][0] == "scaled" and judge("raw") == "log":
         return chosen("raw", f"X {looks['X'][1]}, while raw.X {looks['raw'][1]}")
@@ -243,12 +278,21 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
     for key in cands:
         judge(key)
     problems = "\n".join(f"  - {cands[k].name} {looks[k][1]}" for k in cands)
+    logged = [k for k in cands if looks[k][0] == "log"]
     counts = [k for k in cands if looks[k][0] == "counts"]
-    example = f" (e.g. layer={_layer_arg(counts[0])!r} to export those counts anyway)" if counts else ""
+    if logged:  # a log matrix under a name the automatic choice does not look for
+        example = f" (here layer={_layer_arg(logged[0])!r}, which looks log-normalised)"
+    elif counts:
+        example = f" (e.g. layer={_layer_arg(counts[0])!r} to export those counts anyway)"
+    else:
+        example = ""
+    if any(looks[k][0] == "linear" for k in cands):
+        fix = "or log-transform the normalised values first: sc.pp.log1p(adata)."
+    else:
+        fix = "or normalise first: sc.pp.normalize_total(adata); sc.pp.log1p(adata)."
     raise MatrixChoiceError(
         "Could not choose a log-normalised expression matrix to export automatically:\n"
-        f"{problems}\nPass layer= to choose one explicitly{example}, or normalise first: "
-        "sc.pp.normalize_total(adata); sc.pp.log1p(adata)."
+        f"{problems}\nPass layer= to choose one explicitly{example}, {fix}"
     )
 
 

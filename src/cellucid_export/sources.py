@@ -118,6 +118,28 @@ class GeneBlockSource:
         raise NotImplementedError
 
 
+#: A matrix is sampled in this many windows of consecutive cells spread over it, not at its start alone:
+#: concatenated batches can differ (one normalised, the next still counts).
+SAMPLE_WINDOWS = 10
+
+
+def sample_positions(n: int, n_rows: int) -> np.ndarray:
+    """Up to ``n_rows`` of ``n`` cells: :data:`SAMPLE_WINDOWS` windows of consecutive cells, evenly spread."""
+    if n <= n_rows:
+        return np.arange(n)
+    per = max(1, n_rows // SAMPLE_WINDOWS)
+    starts = np.linspace(0, n - per, num=SAMPLE_WINDOWS).astype(np.int64)
+    return np.unique((starts[:, None] + np.arange(per)[None, :]).ravel())
+
+
+def _row_slices(rows: np.ndarray, max_gap: int = 64) -> list[tuple[int, int]]:
+    """Cover sorted file ``rows`` with few contiguous slices, none reading more than ``max_gap`` unused rows."""
+    if len(rows) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(rows) > max_gap) + 1
+    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, cuts)]
+
+
 def _f32(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
@@ -139,7 +161,7 @@ class InMemoryDense(GeneBlockSource):
         super().__init__((n, x.shape[1]), "in-memory dense array", obs_idx)
 
     def sample_rows(self, n_rows):
-        rows = np.arange(min(n_rows, self.shape[0]))
+        rows = sample_positions(self.shape[0], n_rows)
         if self.obs_idx is not None:
             rows = self.obs_idx[rows]
         return _f32(self.x[rows])
@@ -171,7 +193,7 @@ class InMemorySparse(GeneBlockSource):
         return self.x.nnz / max(1, self.shape[0] * self.shape[1])
 
     def sample_rows(self, n_rows):
-        return _f32(self.x[: min(n_rows, self.shape[0])].toarray())
+        return _f32(self.x[sample_positions(self.shape[0], n_rows)].toarray())
 
     def _read_genes(self, idx):
         return _csc_f32(self.x[:, idx])
@@ -195,7 +217,7 @@ class DaskArray(GeneBlockSource):
         return 0.1 if self.is_sparse else 1.0
 
     def sample_rows(self, n_rows):
-        s = self.x[: min(n_rows, self.shape[0])].compute()
+        s = self.x[sample_positions(self.shape[0], n_rows)].compute()
         return _f32(s.toarray() if sp.issparse(s) else s)
 
     def _read_genes(self, idx):
@@ -300,18 +322,20 @@ class StreamedCSR(GeneBlockSource):
         return int(self.nnz_fraction() * self.shape[0] * n_genes * RECORD.itemsize)
 
     def sample_rows(self, n_rows):
-        rows = np.arange(min(n_rows, self.shape[0]))
+        rows = sample_positions(self.shape[0], n_rows)
         if self.obs_idx is not None:
             rows = self.obs_idx[rows]
-        if len(rows) == 0:
-            return np.zeros((0, self.shape[1]), np.float32)
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        a, b = int(self.indptr[lo]), int(self.indptr[hi])
-        m = sp.csr_matrix(
-            (self.group["data"][a:b], self.group["indices"][a:b], self.indptr[lo : hi + 1] - a),
-            shape=(hi - lo, self.shape[1]),
-        )
-        return _f32(m[rows - lo].toarray())
+        out = np.zeros((len(rows), self.shape[1]), np.float32)
+        order = np.argsort(rows, kind="stable")
+        for lo, hi in _row_slices(rows[order]):
+            a, b = int(self.indptr[lo]), int(self.indptr[hi])
+            m = sp.csr_matrix(
+                (self.group["data"][a:b], self.group["indices"][a:b], self.indptr[lo : hi + 1] - a),
+                shape=(hi - lo, self.shape[1]),
+            )
+            at = order[(rows[order] >= lo) & (rows[order] < hi)]
+            out[at] = _f32(m[rows[at] - lo].toarray())
+        return out
 
     def _parts(self, n: int) -> list[list[tuple[int, int]]]:
         """The matrix as up to ``n`` consecutive parts, each a list of row chunks of about READ_CHUNK_NNZ values."""
@@ -544,8 +568,9 @@ class OnDiskCSC(GeneBlockSource):
         # columns spread across the matrix and read their cells.
         cols = np.unique(np.linspace(0, self.shape[1] - 1, num=min(self.shape[1], 64)).astype(np.int64))
         block = self._read_genes(cols).toarray()
-        out = np.zeros((min(n_rows, self.shape[0]), self.shape[1]), np.float32)
-        out[:, cols] = block[: out.shape[0]]
+        rows = sample_positions(self.shape[0], n_rows)
+        out = np.zeros((len(rows), self.shape[1]), np.float32)
+        out[:, cols] = block[rows]
         return out
 
     def _read_genes(self, idx):
@@ -584,13 +609,15 @@ class OnDiskDense(GeneBlockSource):
         super().__init__((n, ds.shape[1]), "on-disk dense", obs_idx)
 
     def sample_rows(self, n_rows):
-        rows = np.arange(min(n_rows, self.shape[0]))
+        rows = sample_positions(self.shape[0], n_rows)
         if self.obs_idx is not None:
             rows = self.obs_idx[rows]
-        if len(rows) == 0:
-            return np.zeros((0, self.shape[1]), np.float32)
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        return _f32(self.ds[lo:hi][rows - lo])
+        out = np.zeros((len(rows), self.shape[1]), np.float32)
+        order = np.argsort(rows, kind="stable")
+        for lo, hi in _row_slices(rows[order]):
+            at = order[(rows[order] >= lo) & (rows[order] < hi)]
+            out[at] = _f32(self.ds[lo:hi][rows[at] - lo])
+        return out
 
     def _read_genes(self, idx):
         n_file_rows = self.ds.shape[0]
