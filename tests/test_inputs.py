@@ -135,8 +135,14 @@ def test_auto_samples_cells_across_the_matrix(tmp_path):
             errors.UnknownGeneError,
             r"2 of the requested genes .* 'NOPE', 'ALSO_NOPE'",
         ),
-        (["G1", "G2", "G1"], errors.DuplicateGeneError, r"more than once.*'G1'"),
+        (["G1", "g2", "G10O"], errors.UnknownGeneError, r"Did you mean 'G2' for 'g2', 'G10' for 'G10O'\?"),
+        (
+            ["G1", "G2", "G1"],
+            errors.DuplicateGeneError,
+            r"more than once.*'G1'.*list\(dict\.fromkeys\(genes\)\)",
+        ),
         ("not_a_column", errors.InvalidParameterError, r"not a column of var.*genes=\['not_a_column'\]"),
+        ("highly_varible", errors.InvalidParameterError, r"Did you mean genes='highly_variable'\?"),
         ("gene_symbols", errors.InvalidParameterError, r"var\['gene_symbols'\] must be boolean"),
         (np.ones(7, bool), errors.InvalidParameterError, "mask has 7 entries but var has 120 genes"),
         ([], errors.InvalidParameterError, "No genes selected"),
@@ -146,6 +152,18 @@ def test_bad_gene_selection(scrna, tmp_path, genes, error, pattern):
     with pytest.raises(error, match=pattern):
         export(scrna, tmp_path, genes=genes)
     assert_nothing_written(tmp_path)
+
+
+def test_gene_id_column_that_gives_raw_genes_no_id_is_explained(pbmc_master, tmp_path):
+    """Ensembl var_names, symbols in a var column, and raw.X (symbols as names): the column holds no id for
+    the raw genes, and the message says why instead of an IndexError."""
+    a = pbmc_master.copy()
+    a.var["gene_symbols"] = a.var_names
+    a.var_names = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    with pytest.raises(
+        errors.InvalidGeneIdError, match=r"1 is not .*a var column gives ids to the raw genes"
+    ):
+        a.cellucid.estimate(genes=["CD79A"], gene_id_column="gene_symbols")
 
 
 def test_unknown_gene_is_a_keyerror_with_a_readable_message(scrna, tmp_path):

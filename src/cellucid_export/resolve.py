@@ -6,6 +6,7 @@ never a half-written export.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -463,9 +464,11 @@ def _select(
             return np.flatnonzero(_bool_mask(cand.var[genes], n, f"raw.var[{genes!r}]")), (
                 f"genes where raw.var[{genes!r}] is True"
             )
+        close = difflib.get_close_matches(genes, [str(c) for c in base_var.columns], n=1)
+        meant = f" Did you mean genes={close[0]!r}?" if close else ""
         raise InvalidParameterError(
-            f"genes={genes!r} is not a column of var (columns: {_show(base_var.columns) or 'none'}). Pass the name of a "
-            f"boolean var column, a boolean mask, or a list of gene ids (e.g. genes=[{genes!r}])."
+            f"genes={genes!r} is not a column of var (columns: {_show(base_var.columns) or 'none'}).{meant} Pass the "
+            f"name of a boolean var column, a boolean mask, or a list of gene ids (e.g. genes=[{genes!r}])."
         )
     if isinstance(genes, set | frozenset):
         raise InvalidParameterError(
@@ -541,7 +544,8 @@ def _select(
     dup = ids[ids.duplicated()].unique()
     if len(dup):
         raise DuplicateGeneError(
-            f"These genes are listed more than once in genes=: {_show(dup)}. List each gene once."
+            f"These genes are listed more than once in genes=: {_show(dup)}. List each gene once "
+            "(list(dict.fromkeys(genes)) keeps the first of each, e.g. for markers of several groups)."
         )
     pos = var_names.get_indexer(ids)
     if id_where is not None:
@@ -558,15 +562,31 @@ def _select(
                 f"gene is meant. {_unique_fix(id_where)}"
             )
         hit = aliases[~shared].get_indexer(ids)
-        pos = np.where(pos >= 0, pos, np.where(hit >= 0, known[~shared][np.maximum(hit, 0)], -1))
+        unique_known = known[~shared]
+        if unique_known.size:  # (none when no gene of this matrix has an id in the column)
+            pos = np.where(pos >= 0, pos, np.where(hit >= 0, unique_known[np.maximum(hit, 0)], -1))
     missing = ids[pos < 0]
     if len(missing):
         raise UnknownGeneError(
             f"{len(missing)} of the requested genes {'is' if len(missing) == 1 else 'are'} not in {cand.name}: "
-            f"{_show(missing)}. "
+            f"{_show(missing)}.{_suggest(missing, var_names, id_lookup)} "
             "Check the spelling and whether var_names hold symbols or Ensembl ids (see gene_id_column=)."
         )
     return pos.astype(np.int64), plural(len(ids), "listed gene")
+
+
+def _suggest(missing: pd.Index, *known: pd.Index) -> str:
+    """' Did you mean ...?' for genes that differ from known ones by case (cd79a) or by a letter or two."""
+    names = pd.Index([str(x) for index in known for x in index if not pd.isna(x)]).unique()
+    by_case = pd.Series(names, index=names.str.casefold())
+    by_case = by_case[~by_case.index.duplicated()]
+    meant = []
+    for gene in missing[:10]:
+        close = [by_case[gene.casefold()]] if gene.casefold() in by_case.index else []
+        close = close or difflib.get_close_matches(gene, names, n=1, cutoff=0.85)
+        if close:
+            meant.append(f"{close[0]!r} for {gene!r}")
+    return f" Did you mean {', '.join(meant)}?" if meant else ""
 
 
 def _gene_ids(cand: _Candidate, base_var: pd.DataFrame, gene_id_column: str | None) -> pd.Index:
@@ -604,9 +624,11 @@ def _check_ids(ids: Sequence, where: str) -> list[str]:
     bad_type = [x for x in ids if not isinstance(x, str)]
     if bad_type:
         raise InvalidGeneIdError(
-            f"Gene ids in {where} must be text; {len(bad_type)} are not (e.g. {_show(bad_type, 3)}). "
+            f"Gene ids in {where} must be text; {len(bad_type)} {'is' if len(bad_type) == 1 else 'are'} not "
+            f"(e.g. {_show(bad_type, 3)}). "
             + (
-                "Those genes have no value in that column; choose another gene_id_column or fill it."
+                "Those genes have no value in that column; choose another gene_id_column or fill it. (For "
+                "raw.X, a var column gives ids to the raw genes whose names are in var_names.)"
                 if any(pd.isna(x) for x in bad_type)
                 else "Convert them to strings first."
             )
