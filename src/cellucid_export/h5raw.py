@@ -1,7 +1,7 @@
 """Read element ranges of an uncompressed 1-D HDF5 dataset with plain file reads.
 
 h5py holds Python's global lock while HDF5 copies data, so every read of the matrix stalls the
-gzip threads for as long as it lasts (on M, 0.1 s a pass, nine passes). The stored values and
+gzip threads for as long as it lasts (on M, 0.1 s a pass, eight passes). The stored values and
 column indices of an ``.h5ad`` are usually uncompressed, and then their bytes sit in the file as
 they are in memory: one contiguous extent, or chunks at addresses HDF5 reports. Reading those
 bytes with ``preadv`` releases the lock and skips HDF5's bookkeeping.

@@ -379,7 +379,7 @@ def block_sizes(
     everything as one block, and its payloads, two alive at once (one being filled, one being
     written), get half each: fewer, larger payloads mean fewer passes. A dense block holds
     the float32 values, the float64 temporaries of quantization and the payload, three blocks at a
-    time. Read chunks are bounded separately (about 30 MB).
+    time. Read chunks are bounded separately (about 16 MB per reading thread).
     """
     if not sparse:
         per = int(max(1, budget // 3 // max(1, n_cells * (22 + _ITEMSIZE[bits]))))

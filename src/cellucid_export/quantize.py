@@ -47,7 +47,8 @@ class QuantizedBlock:
         ``(n_genes, n_cells)``, each gene's row contiguous (a sparse block's rows are padded apart, see
         :func:`payload_row_bytes`): codes (``uint8``/``uint16``) or ``float32`` values.
     lo, hi
-        Per-gene bounds as float32 (quantized only; ``None`` for float32).
+        Per-gene bounds (quantized only; ``None`` for float32): ``lo`` float32, ``hi`` float64 (float32
+        values, except a constant gene's ``lo + 1`` in the name layout, see :func:`_bounds`).
     n_nan, n_inf
         Per-gene counts of NaN and of +/-Inf values.
 

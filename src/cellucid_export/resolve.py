@@ -1,4 +1,6 @@
-"""Resolve the user's inputs: which matrix, which genes, which ids. All input validation lives here.
+"""Resolve the user's inputs: which matrix, which genes, which ids, and check them.
+
+(The cell-data options, embeddings, obs columns and the graph, are checked in :mod:`cellucid_export.dataset`.)
 
 Everything is checked before a single file is written: a bad argument costs the user a message,
 never a half-written export.

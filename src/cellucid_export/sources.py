@@ -5,8 +5,9 @@ shape ``(n_cells, n_block_genes)``: a dense ``float32`` array for dense sources,
 CSC matrix for CSC and other sparse ones, and :class:`~cellucid_export.blocks.GeneRecords` for
 CSR. Quantization can then work on the stored values of a sparse block only.
 
-Readers never loop ``X[:, j]`` over an on-disk matrix: a CSR matrix is streamed in row chunks once
-per export, a CSC file is sliced through its ``indptr``, and a dense dataset is read in row slabs.
+Readers never loop ``X[:, j]`` over an on-disk matrix: a CSR matrix is streamed in row chunks (once for
+the statistics, then once per payload when re-reading is cheap, else its values are sorted into records in
+that first pass), a CSC file is sliced through its ``indptr``, and a dense dataset is read in row slabs.
 Memory is bounded by the block size (chosen by :mod:`cellucid_export.plan`) plus one read chunk.
 """
 
@@ -36,7 +37,7 @@ from .quantize import payload_buffer
 
 __all__ = ["GeneBlockSource", "open_source"]
 
-#: Stored values read from disk per chunk when streaming a CSR file (about 60 MB of working buffers).
+#: Stored values read from disk per chunk when streaming a CSR file (about 16 MB of values and indices).
 READ_CHUNK_NNZ = 2_000_000
 #: Bytes of a dense on-disk row slab.
 READ_CHUNK_BYTES = 64 * 2**20
@@ -45,7 +46,7 @@ Block = np.ndarray | sp.csc_matrix | SparseGenes
 
 
 def _as_index(idx, n: int) -> np.ndarray | None:
-    """Normalise an obs subset (slice, mask or integers) to sorted integers, or None for all."""
+    """Normalise an obs subset (slice, mask or integers) to integer positions in its order, or None for all."""
     if idx is None:
         return None
     if isinstance(idx, slice):

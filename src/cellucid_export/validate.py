@@ -646,9 +646,10 @@ def validate(path: os.PathLike | str, *, genes_only: bool = False, decode_genes:
     genes_only
         Check only ``var/`` and ``var_manifest.json`` (a folder exported without an embedding).
     decode_genes
-        Decompress every gene file (in parallel) and check its length and codes. With ``False`` gene files
-        are checked by their gzip header, trailer and size only: the export's own check uses that for the
-        files it has just written, which would otherwise cost a second pass over the whole payload.
+        Decompress every gene file (in parallel) and check its length and codes. With ``False`` every gene
+        file must exist, and 64 of them, spread over the genes, are checked by their gzip header, trailer and
+        size: the export's own check uses that for the files it has just written, which would otherwise cost
+        a second pass over the whole payload.
 
     Returns
     -------
