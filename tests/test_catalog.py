@@ -39,6 +39,15 @@ def test_catalog(root):
         cellucid_export.write_catalog(root, default="zzz")
 
 
+def test_default_id_is_the_folder_name_so_the_catalog_fits(root):
+    """A folder name that is a valid id is kept as the id, case included; another is made into one."""
+    make_scrna(n_cells=20, n_genes=3).cellucid.export(root / "PBMC_68k", progress=False)
+    entries = json.loads(cellucid_export.write_catalog(root).read_text())["datasets"]
+    assert {"id": "PBMC_68k", "path": "PBMC_68k/", "name": "PBMC_68k", "n_cells": 20, "n_genes": 3} in entries
+    res = make_scrna(n_cells=20, n_genes=3).cellucid.export(root / "my data", progress=False)
+    assert res.dataset_id == "my-data"
+
+
 def test_catalog_needs_folder_named_like_the_id(root):
     (root / "b-set").rename(root / "other")
     with pytest.raises(CatalogError, match=r"has id 'b-set'.*Rename the folder to 'b-set'"):

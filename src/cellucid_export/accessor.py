@@ -151,7 +151,7 @@ class CellucidAccessor:
             The name the viewer shows (default: the name of ``out_dir``).
         dataset_id
             The dataset's id in URLs and ``datasets.json`` (default: derived from ``dataset_name``, e.g.
-            ``"pbmc-68k-reduced"``): letters, digits, ``.``, ``_``, ``-``.
+            ``"pbmc-68k-reduced"``, else the folder name): letters, digits, ``.``, ``_``, ``-``.
         description
             Free text shown with the dataset (default empty).
         source

@@ -652,7 +652,12 @@ def resolve_dataset(
     if not isinstance(name, str) or not name.strip():
         raise InvalidParameterError(f"dataset_name must be non-empty text, got {dataset_name!r}.")
     name = name.strip()
-    dataset_id = _check_dataset_id(default_dataset_id(name) if dataset_id is None else dataset_id)
+    if dataset_id is None:
+        # The viewer finds a dataset in the folder named like its id: a folder name that is a valid id is kept
+        # as it is (case included), so the folder fits a catalog as exported.
+        folder_fits = dataset_name is None and DATASET_ID.fullmatch(name) and not name.endswith(".")
+        dataset_id = name if folder_fits else default_dataset_id(name)
+    dataset_id = _check_dataset_id(dataset_id)
     if description is not None and not isinstance(description, str):
         raise InvalidParameterError(f"description must be text, got {description!r}.")
     n = parts.n_obs
