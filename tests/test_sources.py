@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from tests.conftest import folder_digest, make_scrna
 
 import cellucid_export
-from cellucid_export import sources
+from cellucid_export import errors, sources
 from cellucid_export.quantize import payload_row_bytes
 
 OPTS = {"layer": "X", "progress": False, "dataset_name": "scrna"}  # the default name is the folder's
@@ -395,3 +395,42 @@ def test_scratch_files_need_one_file_handle_whatever_the_number_of_blocks(h5ads,
         h5ads["csr"], tmp_path / "ref", layer="X", progress=False, embeddings=False
     )
     assert folder_digest(ref.path) == folder_digest(tmp_path / "out")
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_repeated_float64_entries_add_up_before_rounding_to_float32(fmt, tmp_path):
+    """As adata.X in memory: 1e8 + 1 and -1e8 stored for one cell and gene are 1.0, not 0.0 (each rounded
+    to float32 first)."""
+    data = np.array([1e8 + 1, -1e8, 2.0, 3.0])
+    if fmt == "csr":
+        x = sp.csr_matrix((data, np.array([0, 0, 0, 1]), np.array([0, 2, 3, 4])), shape=(3, 2))
+    else:
+        x = sp.csc_matrix((data, np.array([0, 0, 1, 2]), np.array([0, 3, 4])), shape=(3, 2))
+    a = ad.AnnData(x)
+    a.var_names = ["G0", "G1"]
+    a.write_h5ad(tmp_path / "x.h5ad")
+    kw = dict(layer="X", var_quantization=None, embeddings=False, progress=False)
+    res = cellucid_export.export_h5ad(tmp_path / "x.h5ad", tmp_path / "out", **kw)
+    np.testing.assert_array_equal(cellucid_export.read_export(res.path).gene("G0"), [1.0, 2.0, 0.0])
+
+
+@pytest.mark.filterwarnings("ignore:Observation names are not unique")  # anndata's, on the repeated cells
+def test_a_backed_view_repeating_cells_is_refused_before_writing(h5ads, tmp_path):
+    backed = ad.read_h5ad(h5ads["csr"], backed="r")
+    with pytest.raises(errors.UnsupportedMatrixError, match=r"lists 1 cell more than once .*to_memory\(\)"):
+        backed[[2, 0, 2]].cellucid.export(tmp_path / "out", **OPTS)
+    assert not (tmp_path / "out").exists()
+    # In memory, a view repeating cells exports each copy.
+    res = backed[[2, 0, 2]].to_memory().cellucid.export(tmp_path / "mem", var_quantization=None, **OPTS)
+    got = cellucid_export.read_export(res.path).to_array()
+    np.testing.assert_array_equal(got, ad.read_h5ad(h5ads["csr"]).X[[2, 0, 2]].toarray())
+
+
+@pytest.mark.parametrize(
+    ("values", "said"), [(np.complex64(1 + 2j), "complex numbers"), ("1", "not a numeric type")]
+)
+def test_matrices_of_other_than_real_numbers_are_refused(tmp_path, values, said):
+    a = ad.AnnData(np.full((5, 2), values, dtype=object if isinstance(values, str) else None))
+    with pytest.raises(errors.UnsupportedMatrixError, match=f"holds values of type .*{said}.*real numbers"):
+        a.cellucid.export(tmp_path / "out", layer="X", embeddings=False, progress=False)
+    assert not (tmp_path / "out").exists()

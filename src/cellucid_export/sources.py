@@ -33,6 +33,7 @@ from ._parallel import in_threads
 from .blocks import CSRPass, GeneRecords, SparseGenes, SparseStats
 from .errors import InputReadError, UnsupportedMatrixError
 from .h5raw import raw_layout
+from .plan import plural
 from .quantize import payload_buffer
 
 __all__ = ["GeneBlockSource", "open_source"]
@@ -245,6 +246,14 @@ def _row_lut(obs_idx: np.ndarray | None, n_rows: int) -> np.ndarray | None:
     """Map file rows to output rows (-1 for cells outside the subset)."""
     if obs_idx is None:
         return None
+    repeated = np.flatnonzero(np.bincount(obs_idx, minlength=n_rows) > 1)
+    if len(repeated):
+        # A row of the file feeds one cell of the export: a view listing a cell twice would lose one copy.
+        raise UnsupportedMatrixError(
+            f"This view of a file lists {plural(len(repeated), 'cell')} more than once (e.g. row "
+            f"{int(repeated[0])} of the file). Exporting reads each cell of a CSR matrix once; remove the "
+            "repeats, or load the view into memory first (adata[...].to_memory())."
+        )
     lut = np.full(n_rows, -1, dtype=np.int32)
     lut[obs_idx] = np.arange(len(obs_idx))
     return lut
@@ -356,17 +365,14 @@ class StreamedCSR(GeneBlockSource):
         to chunk, so reading allocates nothing per chunk. Each call has its own buffers and file
         handles: calls for different chunks can run on different threads.
         """
-        runs = self._raw_row_runs(chunks, cancel)
-        if not self._canonicalise:
-            yield from runs
-            return
-        for r0, ptr, ind, val in runs:
-            if not kernels.rows_repeat(ptr, ind, self.shape[1]):
-                yield r0, ptr, ind, val
+        for r0, ptr, ind, val in self._raw_row_runs(chunks, cancel):
+            if not self._canonicalise or not kernels.rows_repeat(ptr, ind, self.shape[1]):
+                yield r0, ptr, ind, _f32(val)
             else:
+                # Added up in the file's own precision, then rounded once to float32, as adata.X in memory.
                 m = sp.csr_matrix((val, ind, ptr), shape=(len(ptr) - 1, self.shape[1]))
                 m.sum_duplicates()  # sorts each row, adding up repeated entries
-                yield r0, m.indptr.astype(np.int64), m.indices, m.data
+                yield r0, m.indptr.astype(np.int64), m.indices, _f32(m.data)
 
     def _raw_row_runs(
         self, chunks: list[tuple[int, int]], cancel: threading.Event | None = None
@@ -377,7 +383,7 @@ class StreamedCSR(GeneBlockSource):
                 _check(cancel)
                 a, b = int(self.indptr[r0]), int(self.indptr[r1])
                 if a < b:
-                    yield r0, self.indptr[r0 : r1 + 1] - a, ind_ds[a:b], _f32(data_ds[a:b])
+                    yield r0, self.indptr[r0 : r1 + 1] - a, ind_ds[a:b], data_ds[a:b]
             return
         longest = max((int(self.indptr[r1] - self.indptr[r0]) for r0, r1 in chunks), default=0)
         # Native byte order: h5py converts other orders while reading, and the compiled loops need it.
@@ -399,7 +405,7 @@ class StreamedCSR(GeneBlockSource):
                 ind, val = ind_buf[: b - a], val_buf[: b - a]
                 read_ind(a, b, ind)
                 read_val(a, b, val)
-                yield r0, self.indptr[r0 : r1 + 1] - a, ind, _f32(val)
+                yield r0, self.indptr[r0 : r1 + 1] - a, ind, val
 
     def _stats_pass(
         self,
@@ -584,10 +590,10 @@ class OnDiskCSC(GeneBlockSource):
         for run in np.split(np.arange(len(sorted_idx)), breaks):
             g0, g1 = int(sorted_idx[run[0]]), int(sorted_idx[run[-1]]) + 1
             a, b = int(self.indptr[g0]), int(self.indptr[g1])
-            data_parts.append(data_ds[a:b].astype(np.float32, copy=False))
+            data_parts.append(data_ds[a:b])  # float32 only after repeats are added up, as in memory
             ind_parts.append(ind_ds[a:b].astype(np.int64, copy=False))
             counts[run] = np.diff(self.indptr[g0 : g1 + 1])
-        data = np.concatenate(data_parts) if data_parts else np.zeros(0, np.float32)
+        data = np.concatenate(data_parts) if data_parts else np.zeros(0, data_ds.dtype)
         ind = np.concatenate(ind_parts) if ind_parts else np.zeros(0, np.int64)
         ptr = np.concatenate([[0], np.cumsum(counts)])
         m = sp.csc_matrix((data, ind, ptr), shape=(self._file_rows, len(idx)))
@@ -670,6 +676,14 @@ def open_source(x, obs_idx=None) -> GeneBlockSource:
         )
     if isinstance(group, h5py.Group):
         x = group
+    dtype = np.dtype(getattr(x["data"] if isinstance(x, h5py.Group) else x, "dtype", np.float32))
+    if dtype.kind not in "biuf":
+        # Complex values would lose their imaginary part, and text would be parsed as numbers, silently.
+        raise UnsupportedMatrixError(
+            f"The expression matrix holds values of type {dtype} ({'complex numbers' if dtype.kind == 'c' else 'not a numeric type'}); "
+            "the export needs real numbers. Convert it first, e.g. adata.X = adata.X.astype('float32') "
+            "(for complex values, decide which part to keep: np.abs(x) or x.real)."
+        )
     if isinstance(x, h5py.Group):
         shape = _h5_group_shape(x)
         cls = OnDiskCSC if _h5_group_format(x) == "csc" else StreamedCSR
