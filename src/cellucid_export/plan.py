@@ -18,6 +18,7 @@ import numpy as np
 from ._logging import warn
 from .errors import ExportTooLargeError, InvalidParameterError
 from .quantize import PAYLOAD_KINDS, payload_row_bytes
+from .writer import nearest_existing
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -303,15 +304,9 @@ def _disk_stats(path: Path) -> os.statvfs_result:
     return os.statvfs(path)
 
 
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def check_disk(
     need: DiskNeed, target: os.PathLike, measure_gzip: Callable[[], list[int]] | None = None
-) -> str | None:
+) -> None:
     """Refuse an export that cannot fit on the target's disk, before writing anything.
 
     Counts the files' sizes before compression, each rounded up to the disk's blocks, the cell data and
@@ -321,7 +316,7 @@ def check_disk(
     a warning. Running out of space anyway stops the export with nothing left
     behind (:class:`~cellucid_export.errors.DiskFullError`).
     """
-    where = _nearest_existing(Path(target).absolute().parent)
+    where = nearest_existing(Path(target).absolute().parent)
     st = _disk_stats(where)
     free = st.f_bavail * st.f_frsize
     block = max(512, st.f_frsize or st.f_bsize or 4096)

@@ -149,7 +149,7 @@ class StagingFolder:
         self._signals.__enter__()
         try:
             # The folders mkdir is about to create, deepest first, for removal if the export fails.
-            existing = _nearest_existing(self.target.parent)
+            existing = nearest_existing(self.target.parent)
             above = (self.target.parent, *self.target.parent.parents)
             self._created = list(itertools.takewhile(lambda p: p != existing, above))
             self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +296,8 @@ def _holds_cwd(target: Path) -> bool:
     return real == cwd or real in cwd.parents
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """``path`` or the closest folder above it that exists (a link counts, even a broken one)."""
     while not os.path.lexists(path) and path != path.parent:
         path = path.parent
     return path
@@ -321,7 +322,7 @@ def check_parent(target: Path, *, denied: bool = False) -> None:
         The nearest existing folder above the target is not writable.
 
     """
-    where = _nearest_existing(target.parent)
+    where = nearest_existing(target.parent)
     if not os.path.isdir(where):
         raise TargetParentNotFolderError(
             f"Cannot create the export folder {target}: {where} is a file, not a folder. "
