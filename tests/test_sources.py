@@ -420,10 +420,17 @@ def test_a_backed_view_repeating_cells_is_refused_before_writing(h5ads, tmp_path
     with pytest.raises(errors.UnsupportedMatrixError, match=r"lists 1 cell more than once .*to_memory\(\)"):
         backed[[2, 0, 2]].cellucid.export(tmp_path / "out", **OPTS)
     assert not (tmp_path / "out").exists()
-    # In memory, a view repeating cells exports each copy.
-    res = backed[[2, 0, 2]].to_memory().cellucid.export(tmp_path / "mem", var_quantization=None, **OPTS)
-    got = cellucid_export.read_export(res.path).to_array()
-    np.testing.assert_array_equal(got, ad.read_h5ad(h5ads["csr"]).X[[2, 0, 2]].toarray())
+    # In memory, and from a CSC or dense file (read by gene), a view repeating cells exports each copy.
+    expected = ad.read_h5ad(h5ads["csr"]).X[[2, 0, 2]].toarray()
+    for name, view in {
+        "mem": backed[[2, 0, 2]].to_memory(),
+        "csc": ad.read_h5ad(h5ads["csc"], backed="r")[[2, 0, 2]],
+        "dense": ad.read_h5ad(h5ads["dense"], backed="r")[[2, 0, 2]],
+    }.items():
+        res = view.cellucid.export(tmp_path / name, var_quantization=None, **OPTS)
+        np.testing.assert_array_equal(
+            cellucid_export.read_export(res.path).to_array(), expected, err_msg=name
+        )
 
 
 @pytest.mark.parametrize(

@@ -557,8 +557,7 @@ class OnDiskCSC(GeneBlockSource):
     def __init__(self, group: h5py.Group, shape, obs_idx=None):
         self.group = group
         self.indptr = group["indptr"][...].astype(np.int64)
-        obs_idx = _as_index(obs_idx, shape[0])
-        self.row_lut = _row_lut(obs_idx, shape[0])
+        obs_idx = _as_index(obs_idx, shape[0])  # cells are picked from each gene's column: repeats are fine
         n = shape[0] if obs_idx is None else len(obs_idx)
         super().__init__((n, shape[1]), "on-disk CSC", obs_idx)
         self._file_rows = shape[0]
