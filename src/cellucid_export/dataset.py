@@ -188,7 +188,7 @@ def _is_latent(key: str) -> bool:
     return any(low == p.lower() or low.startswith(p.lower() + "_") for p in LATENT_PREFIXES)
 
 
-def _embedding_dim(key: str, shape: tuple[int, ...], n_cells: int) -> int | None:
+def _embedding_dim(shape: tuple[int, ...], n_cells: int) -> int | None:
     if len(shape) == 2 and shape[0] == n_cells and shape[1] in (1, 2, 3):
         return int(shape[1])
     return None
@@ -210,7 +210,7 @@ def choose_embeddings(parts: AnnDataParts, embeddings) -> tuple[dict[int, str], 
     if embeddings is None:
         by_dim: dict[int, list[str]] = {}
         for key, shape in shapes.items():
-            dim = _embedding_dim(key, shape, n)
+            dim = _embedding_dim(shape, n)
             if key.startswith("X_") and not _is_latent(key) and dim:
                 by_dim.setdefault(dim, []).append(key)
         chosen: dict[int, str] = {}
@@ -245,7 +245,7 @@ def choose_embeddings(parts: AnnDataParts, embeddings) -> tuple[dict[int, str], 
         )
     chosen = {}
     for want, key in items:
-        dim = _embedding_dim(key, shapes[key], n)
+        dim = _embedding_dim(shapes[key], n)
         if dim is None:
             raise InvalidParameterError(
                 f"obsm[{key!r}] has shape {shapes[key]}; an embedding the viewer can draw has {n} rows and "
@@ -548,7 +548,7 @@ def _vector_candidates(parts: AnnDataParts, embeddings: dict[int, str]) -> dict[
         basis = ekey.removeprefix("X_")  # scanpy's X_umap; squidpy's spatial has no prefix
         base = re.sub(r"_[123]d$", "", basis)
         for key, shape in parts.obsm_shapes.items():
-            if key.startswith("X_") or _embedding_dim(key, shape, parts.n_obs) != dim:
+            if key.startswith("X_") or _embedding_dim(shape, parts.n_obs) != dim:
                 continue
             for b in {basis, base}:
                 if key.endswith("_" + b) or key.endswith(f"_{b}_{dim}d"):
@@ -991,8 +991,6 @@ def write_dataset(
             "weight_dtype": "float64",
             "weight_bytes": 8,
         }
-        if not len(src):
-            (folder / "connectivity").mkdir(exist_ok=True)
         w.bytes += write_json(folder / "connectivity_manifest.json", manifest)
     vector_files: dict[str, dict[int, str]] = {}
     for i, (fid, by_dim) in enumerate(plan.vectors.items()):

@@ -515,8 +515,8 @@ def write_payloads(
     whatever the number of threads. Returns the bytes written.
     """
     payload = block.payload
-    if payload.dtype.byteorder == ">":  # files are little-endian
-        payload = payload.astype(payload.dtype.newbyteorder("<"))
+    # Files are little-endian: a no-op here, a byte swap on a big-endian machine (whose native order is "=").
+    payload = payload.astype(payload.dtype.newbyteorder("<"), copy=False)
     paths = [os.path.join(folder, name) for name in names]
     # Genes go to the pool in groups of about 1 MB of payload: a task per gene costs more in thread
     # hand-offs (and waits for the GIL) than a small gene takes to compress.
