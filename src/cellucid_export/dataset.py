@@ -1016,7 +1016,14 @@ def log_plan(plan: DatasetPlan) -> None:
     cont = sum(f.kind == "continuous" for f in plan.obs_fields)
     logger.info(
         f"dataset {plan.dataset_id!r}: {emb}; {len(plan.obs_fields)} obs fields ({cont} continuous, "
-        f"{len(plan.obs_fields) - cont} categorical)"
+        f"{len(plan.obs_fields) - cont} categorical"
+        # The categories' outlier scores are distances in this space: say which, as it can be chosen.
+        + (
+            f", outliers in obsm[{plan.latent_key!r}]"
+            if plan.latent_key and cont < len(plan.obs_fields)
+            else ""
+        )
+        + ")"
         + (
             f"; {plan.n_edges:,} graph edges from obsp[{plan.connectivity_key!r}]"
             if plan.edges is not None
