@@ -622,16 +622,21 @@ def _ids_where(cand: _Candidate, gene_id_column: str | None) -> str:
     return f"{'raw.' if in_raw else ''}var[{gene_id_column!r}]"
 
 
-def _check_ids(ids: Sequence, where: str) -> list[str]:
-    bad_type = [x for x in ids if not isinstance(x, str)]
-    if bad_type:
+def _check_ids(ids: Sequence, where: str, names: Sequence | None = None) -> list[str]:
+    """The exported ids, checked; ``names`` (the genes' var_names) name the genes whose id is missing."""
+    bad = [i for i, x in enumerate(ids) if not isinstance(x, str)]
+    if bad:
+        missing = names is not None and any(pd.isna(ids[i]) for i in bad)
+        shown = (
+            f"the genes {_show([names[i] for i in bad], 3)}" if missing else _show([ids[i] for i in bad], 3)
+        )
         raise InvalidGeneIdError(
-            f"Gene ids in {where} must be text; {len(bad_type)} {'is' if len(bad_type) == 1 else 'are'} not "
-            f"(e.g. {_show(bad_type, 3)}). "
+            f"Gene ids in {where} must be text; {len(bad)} {'is' if len(bad) == 1 else 'are'} not "
+            f"(e.g. {shown}). "
             + (
                 "Those genes have no value in that column; choose another gene_id_column or fill it. (For "
                 "raw.X, a var column gives ids to the raw genes whose names are in var_names.)"
-                if any(pd.isna(x) for x in bad_type)
+                if any(pd.isna(ids[i]) for i in bad)
                 else "Convert them to strings first."
             )
         )
@@ -724,7 +729,7 @@ def resolve(parts: AnnDataParts, *, layer=None, genes=None, gene_id_column=None,
     pos, what = _select(genes, cand, parts.var, all_ids, where if gene_id_column is not None else None)
     if len(pos) == 0:
         raise InvalidParameterError(f"No genes selected ({what}). Select at least one gene to export.")
-    ids = _check_ids(list(all_ids[pos]), where)
+    ids = _check_ids(list(all_ids[pos]), where, list(cand.var.index[pos]))
     if len(all_ids) > 1 and pd.Index(all_ids).equals(pd.Index([str(i) for i in range(len(all_ids))])):
         # What anndata makes up when a file has no gene names: the viewer's gene search would list numbers.
         warn(
