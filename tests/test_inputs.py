@@ -161,7 +161,8 @@ def test_gene_id_column_that_gives_raw_genes_no_id_is_explained(pbmc_master, tmp
     a.var["gene_symbols"] = a.var_names
     a.var_names = [f"ENSG{i:011d}" for i in range(a.n_vars)]
     with pytest.raises(
-        errors.InvalidGeneIdError, match=r"1 is not .*a var column gives ids to the raw genes"
+        errors.InvalidGeneIdError,
+        match=r"1 is not \(e\.g\. the gene 'CD79A'\).*a var column gives ids to the raw genes",
     ):
         a.cellucid.estimate(genes=["CD79A"], gene_id_column="gene_symbols")
 
