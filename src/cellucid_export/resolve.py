@@ -627,8 +627,9 @@ def _check_ids(ids: Sequence, where: str, names: Sequence | None = None) -> list
     bad = [i for i, x in enumerate(ids) if not isinstance(x, str)]
     if bad:
         missing = names is not None and any(pd.isna(ids[i]) for i in bad)
+        gene_s = "the gene" if len(bad) == 1 else "the genes"
         shown = (
-            f"the genes {_show([names[i] for i in bad], 3)}" if missing else _show([ids[i] for i in bad], 3)
+            f"{gene_s} {_show([names[i] for i in bad], 3)}" if missing else _show([ids[i] for i in bad], 3)
         )
         raise InvalidGeneIdError(
             f"Gene ids in {where} must be text; {len(bad)} {'is' if len(bad) == 1 else 'are'} not "
