@@ -83,7 +83,8 @@ def write_catalog(root: os.PathLike | str, *, default: str | None = None) -> Pat
     if not entries:
         raise CatalogError(
             f"{root} holds no dataset folders (folders with a dataset_identity.json). Export datasets into "
-            f"subfolders first, e.g. adata.cellucid.export('{root}/pbmc')."
+            f"subfolders first, e.g. adata.cellucid.export('{root}/pbmc') (cellucid-export export data.h5ad "
+            f"{root}/pbmc from a shell)."
         )
     ids = [e["id"] for e in entries]
     if default is None:

@@ -49,6 +49,7 @@ _BARE = re.compile(rf"(?<![\w.'\"\[/-])({'|'.join(n for n in _OPTIONS if '_' in 
 _PHRASES = {
     "leave gene_id_column=None to use var_names": "leave out --gene-id-column to use var_names",
     "a positive integer, -1 or None (all cores)": "a positive integer, or -1 (all cores)",
+    "(list(dict.fromkeys(genes)) keeps the first of each, e.g. for markers of several groups)": "in --genes",
 }
 
 
@@ -205,7 +206,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-jobs", type=int, default=None, help="compression threads (default: all cores)")
     p.add_argument("--dataset-name", help="name shown in the viewer (default: the folder name)")
-    p.add_argument("--dataset-id", help="id in URLs and datasets.json (default: derived from the name)")
+    p.add_argument(
+        "--dataset-id",
+        help="id in URLs and datasets.json (default: the folder name, or derived from --dataset-name when given)",
+    )
     p.add_argument("--description", help="free text shown with the dataset")
     p.add_argument(
         "--embedding",
