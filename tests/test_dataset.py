@@ -332,6 +332,14 @@ def test_outliers_and_centroids_match_the_definition():
         assert g["n_points"] == used
 
 
+def test_group_quantiles_are_numpys():
+    """The centroid threshold is np.quantile's (linear), bit for bit: a cell exactly at it is kept."""
+    for n in range(1, 700):
+        v = np.sort(np.random.default_rng(n).random(n))
+        for q in (0.0, 0.5, 0.9, 0.95, 1.0):
+            assert dataset._group_quantile(v, np.array([0]), np.array([n]), q)[0] == np.quantile(v, q), (n, q)
+
+
 def test_graph_edge_rules():
     m = sp.csr_matrix(
         np.array(
@@ -345,9 +353,13 @@ def test_graph_edge_rules():
     )
     m = sp.csr_matrix((np.append(m.data, 0.0), (*np.append(np.array(m.nonzero()), [[1], [3]], 1),)), (4, 4))
     assert m.nnz == 6  # a stored zero is no edge
+    m = sp.csr_matrix((np.r_[m.data, 0.1], np.r_[m.indices, 1], np.r_[m.indptr[:-1], m.nnz + 1]), (4, 4))
+    before = [a.copy() for a in (m.data, m.indices, m.indptr)]  # with a repeated 3->1 entry of 0.1 as well
     (src, dst, w), max_nb = dataset.edge_pairs(m, 4, "g")
-    assert src.tolist() == [0, 0, 1] and dst.tolist() == [1, 3, 2]
-    assert w.tolist() == [0.2, 0.3, 0.9] and w.dtype == np.dtype("<f8") and max_nb == 2
+    # The user's graph is read, never changed (scipy shares a float64 CSR's arrays with a new matrix).
+    assert all(np.array_equal(a, b) for a, b in zip((m.data, m.indices, m.indptr), before, strict=True))
+    assert src.tolist() == [0, 0, 1, 1] and dst.tolist() == [1, 3, 2, 3]
+    assert w.tolist() == [0.2, 0.3, 0.9, 0.1] and w.dtype == np.dtype("<f8") and max_nb == 3
     with pytest.raises(cellucid_export.DatasetError, match="negative or non-finite"):
         dataset.edge_pairs(sp.csr_matrix(-m.toarray()), 4, "g")
     with pytest.raises(cellucid_export.DatasetError, match="4 x 4"):

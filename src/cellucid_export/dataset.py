@@ -462,8 +462,9 @@ def outlier_quantiles(
 def _group_quantile(sorted_values: np.ndarray, starts: np.ndarray, sizes: np.ndarray, q: float) -> np.ndarray:
     """``np.quantile(group, q)`` (linear method) of every non-empty group of a sorted array, vectorised."""
     n = sizes.astype(np.float64)
-    # numpy's own arithmetic, so that a distance equal to the threshold is treated the same way.
-    virtual = n * q + (1 + q * (1 - 1 - 1)) - 1
+    # numpy's own arithmetic for its linear method, so that a distance equal to the threshold is treated the
+    # same way (n * q - q is one ulp off (n - 1) * q for some sizes, and drops the cell at the threshold).
+    virtual = (n - 1) * q
     prev = np.floor(virtual)
     gamma = virtual - prev
     prev_i = np.clip(prev.astype(np.int64), 0, sizes - 1)
@@ -515,7 +516,8 @@ def edge_pairs(matrix, n_cells: int, key: str) -> tuple[tuple[np.ndarray, np.nda
         raise DatasetError(
             f"obsp[{key!r}] has shape {getattr(matrix, 'shape', None)}, but a cell graph is {n_cells} x {n_cells}."
         )
-    a = sp.csr_matrix(matrix, dtype=np.float64)
+    # A copy: sum_duplicates and eliminate_zeros work in place, and scipy shares a float64 CSR's arrays.
+    a = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
     a.sum_duplicates()
     if not np.isfinite(a.data).all() or (a.data < 0).any():
         raise DatasetError(
