@@ -453,3 +453,16 @@ def test_h5ad_obs_columns_follow_column_order(tmp_path):
     with h5py.File(tmp_path / "f.h5ad") as f:
         parts = cellucid_export.inputs.parts_from_h5ad(f)
         assert list(parts.obs_columns) == ["b", "a"] and parts.obsm_shapes == {"X_umap": (40, 2)}
+
+
+def test_an_obsm_dataframe_is_drawn_from_a_file_too(tmp_path):
+    """anndata stores a DataFrame in obsm as a dataframe group without a shape: export_h5ad sees it too."""
+    a = make_scrna(n_cells=60, n_genes=3)
+    a.obsm["X_umap"] = pd.DataFrame(a.obsm["X_umap"], index=a.obs_names, columns=["u1", "u2"])
+    a.write_h5ad(tmp_path / "df.h5ad")
+    mem = export(a, tmp_path / "mem", layout="index")
+    disk = cellucid_export.export_h5ad(
+        tmp_path / "df.h5ad", tmp_path / "disk", layout="index", progress=False
+    )
+    assert mem.embeddings == disk.embeddings == {2: "X_umap"}
+    assert (mem.path / "points_2d.bin").read_bytes() == (disk.path / "points_2d.bin").read_bytes()

@@ -85,8 +85,14 @@ def _read_index(group: h5py.Group) -> pd.Index:
 def _h5_shape(elem) -> tuple[int, ...]:
     if isinstance(elem, h5py.Dataset):
         return tuple(elem.shape)
-    shape = elem.attrs.get("shape")  # sparse matrices; dataframes have none
-    return tuple(int(x) for x in shape) if shape is not None else ()
+    shape = elem.attrs.get("shape")  # sparse matrices
+    if shape is not None:
+        return tuple(int(x) for x in shape)
+    if elem.attrs.get("encoding-type") == "dataframe":  # an obsm DataFrame: its index and its columns
+        index = elem.attrs.get("_index", "_index")
+        n_rows = elem[index].shape[0] if index in elem else 0
+        return (int(n_rows), len(elem.attrs.get("column-order", [])))
+    return ()
 
 
 def _metadata_from_h5ad(f: h5py.File) -> dict:
