@@ -460,9 +460,8 @@ def test_an_obsm_dataframe_is_drawn_from_a_file_too(tmp_path):
     a = make_scrna(n_cells=60, n_genes=3)
     a.obsm["X_umap"] = pd.DataFrame(a.obsm["X_umap"], index=a.obs_names, columns=["u1", "u2"])
     a.write_h5ad(tmp_path / "df.h5ad")
-    mem = export(a, tmp_path / "mem", layout="index")
-    disk = cellucid_export.export_h5ad(
-        tmp_path / "df.h5ad", tmp_path / "disk", layout="index", progress=False
-    )
+    kw = dict(layout="index", compression=None)
+    mem = export(a, tmp_path / "mem", **kw)
+    disk = cellucid_export.export_h5ad(tmp_path / "df.h5ad", tmp_path / "disk", progress=False, **kw)
     assert mem.embeddings == disk.embeddings == {2: "X_umap"}
     assert (mem.path / "points_2d.bin").read_bytes() == (disk.path / "points_2d.bin").read_bytes()
