@@ -394,3 +394,20 @@ def test_h5ad_functions_give_type_checkers_the_options_of_the_accessor():
         (cellucid_export.estimate_h5ad, "EstimateOptions"),
     ):
         assert function.__annotations__["kwargs"] == f"Unpack[{options}]"
+
+
+def test_numpy_integers_are_options_like_ints_and_floats_are_not(scrna, tmp_path):
+    """np.int64(16) (from a loop over an array) works and is written as 16; 8.0 is refused like 6.0."""
+    import json
+
+    res = export(
+        scrna, tmp_path, genes=["G1"], var_quantization=np.int64(16), compression=np.int64(6),
+        obs_continuous_quantization=np.int64(8),
+    )  # fmt: skip
+    settings = json.loads((res.path / "dataset_identity.json").read_text())["export_settings"]
+    assert settings["var_quantization"] == 16 and type(settings["var_quantization"]) is int
+    assert settings["obs_continuous_quantization"] == 8 and settings["compression"] == 6
+    for option in ("var_quantization", "obs_continuous_quantization"):
+        with pytest.raises(errors.InvalidParameterError, match=f"{option} must be 8, 16 or None"):
+            export(scrna, tmp_path / "float", genes=["G1"], **{option: 8.0})
+    assert not (tmp_path / "float").exists()

@@ -25,7 +25,7 @@ from .codec import get_codec
 from .errors import CellucidExportError, InvalidParameterError
 from .plan import plural
 from .quantize import MARKER, PAYLOAD_KINDS, quantize_block
-from .resolve import AnnDataParts, _show, name_layout_problems, safe_name
+from .resolve import AnnDataParts, _show, bits_option, name_layout_problems, safe_name
 from .writer import values_schema, write_json
 
 __all__ = [
@@ -641,7 +641,10 @@ def resolve_dataset(
     centroid_min_points=10,
 ) -> DatasetPlan:
     """Validate and compute everything but the genes; raises before anything is written."""
-    if obs_continuous_quantization not in (8, 16, None) or isinstance(obs_continuous_quantization, bool):
+    obs_continuous_quantization = bits_option(obs_continuous_quantization)
+    if obs_continuous_quantization not in (8, 16, None) or isinstance(
+        obs_continuous_quantization, bool | float
+    ):
         raise InvalidParameterError(
             f"obs_continuous_quantization must be 8, 16 or None (float32), got {obs_continuous_quantization!r}."
         )

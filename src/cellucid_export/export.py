@@ -189,7 +189,7 @@ def estimate_parts(
     max_bytes=DEFAULT_MAX_BYTES,
 ) -> ExportPlan:
     """Resolve the selection and return the size plan; writes nothing."""
-    check_options(var_quantization, compression, layout)
+    var_quantization, compression = check_options(var_quantization, compression, layout)
     max_bytes = parse_bytes(max_bytes, "max_bytes")
     sel = resolve(parts, layer=layer, genes=genes, gene_id_column=gene_id_column, layout=layout)
     return _plan(sel, var_quantization, compression, max_bytes)
@@ -411,7 +411,7 @@ def export_parts(
     (``dataset_name``, ``embeddings``, ``obs_keys``, ``connectivities``...).
     """
     t0 = time.perf_counter()
-    check_options(var_quantization, compression, layout)
+    var_quantization, compression = check_options(var_quantization, compression, layout)
     max_bytes = parse_bytes(max_bytes, "max_bytes")
     memory_budget = parse_bytes(memory_budget, "memory_budget")
     if memory_budget is None:

@@ -70,9 +70,19 @@ def _show(items: Sequence, n: int = 10) -> str:
 # --------------------------------------------------------------------------------------- options
 
 
-def check_options(var_quantization, compression, layout) -> None:
-    """Validate the format options (raises :class:`InvalidParameterError`)."""
-    if var_quantization not in (8, 16, None) or isinstance(var_quantization, bool):
+def bits_option(value):
+    """``value`` as a plain int when it is a whole number of a numpy or Python integer type, else as it is.
+
+    numpy integers (``np.int64(8)``, from a loop over an array) are accepted like ints, and written to the
+    manifests as ints; a float such as ``8.0`` stays a float, which the checks refuse.
+    """
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def check_options(var_quantization, compression, layout) -> tuple[int | None, int | None]:
+    """Validate the format options (raises :class:`InvalidParameterError`); returns them as plain ints."""
+    var_quantization, compression = bits_option(var_quantization), bits_option(compression)
+    if var_quantization not in (8, 16, None) or isinstance(var_quantization, bool | float):
         raise InvalidParameterError(
             f"var_quantization must be 8, 16 or None (float32), got {var_quantization!r}. "
             "8-bit is the smallest and what the viewer needs for colouring; 16-bit keeps more precision."
@@ -91,6 +101,7 @@ def check_options(var_quantization, compression, layout) -> None:
             f"layout must be 'name' (files named by gene, var/CD79A.values.u8.gz) or 'index' (files "
             f"numbered, what current Cellucid viewer releases read), got {layout!r}."
         )
+    return var_quantization, compression
 
 
 # ----------------------------------------------------------------------------------- containers
