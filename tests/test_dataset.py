@@ -465,3 +465,26 @@ def test_an_obsm_dataframe_is_drawn_from_a_file_too(tmp_path):
     disk = cellucid_export.export_h5ad(tmp_path / "df.h5ad", tmp_path / "disk", progress=False, **kw)
     assert mem.embeddings == disk.embeddings == {2: "X_umap"}
     assert (mem.path / "points_2d.bin").read_bytes() == (disk.path / "points_2d.bin").read_bytes()
+
+
+def test_messages_name_what_is_there(tmp_path):
+    """A genes-only export names a drawable obsm entry; a missing vector field is said to be missing; NaN in
+    the latent space does not suggest the same space."""
+    a = make_scrna(n_cells=40, n_genes=3)
+    a.obsm["spatial"] = a.obsm.pop("X_umap")
+    with pytest.warns(
+        cellucid_export.CellucidExportWarning, match=r"obsm has 'spatial' .*embeddings='spatial'"
+    ):
+        export(a, tmp_path / "s")
+    a.obsm["X_umap"] = a.obsm["spatial"]
+    with pytest.raises(errors.InvalidParameterError, match=r"obsm\['velocity_umap'\], which does not exist"):
+        export(a, tmp_path / "v", vector_fields="velocity_umap")
+    a.obs["cluster"] = pd.Categorical(np.arange(40) % 3)
+    a.obsm["X_pca"] = np.random.default_rng(0).normal(size=(40, 5))
+    a.obsm["X_pca"][3, 2] = np.nan
+    with pytest.raises(
+        cellucid_export.DatasetError,
+        match=r"obsm\['X_pca'\] has non-finite.*latent_key= another space \(e\.g\. 'X_umap'\)",
+    ):
+        export(a, tmp_path / "p")
+    assert not any((tmp_path / n).exists() for n in ("v", "p"))

@@ -577,6 +577,11 @@ def resolve_vectors(parts: AnnDataParts, vector_fields, embeddings: dict[int, st
     fields: dict[str, dict[int, np.ndarray]] = {}
     basis: dict[str, str] = {}
     for key in keys:
+        if key not in parts.obsm_shapes:
+            raise InvalidParameterError(
+                f"vector_fields= names obsm[{key!r}], which does not exist (obsm has "
+                f"{_show(parts.obsm_shapes) or 'nothing'}). Candidates: {_show(cands) or 'none'}."
+            )
         if key not in cands:
             raise InvalidParameterError(
                 f"vector_fields= names obsm[{key!r}], which is not a vector field aligned with an exported "
@@ -736,7 +741,10 @@ def resolve_dataset(
                 "in which each cell's distance to its category is measured; 'X_pca' is the usual one."
             )
         latent = _finite_matrix(
-            parts.obsm(latent_used), f"obsm[{latent_used!r}]", "Pass latent_key= another space, e.g. 'X_pca'."
+            parts.obsm(latent_used),
+            f"obsm[{latent_used!r}]",
+            "Fill or drop those cells, or pass latent_key= another space (e.g. 'X_umap'), or obs_keys= without "
+            "categorical columns.",
         )
         if latent.shape[0] != n:
             raise DatasetError(f"obsm[{latent_used!r}] has {latent.shape[0]} rows but there are {n} cells.")

@@ -38,7 +38,7 @@ from .plan import (
     plural,
 )
 from .quantize import PAYLOAD_KINDS, QuantizedBlock, payload_buffer, payload_row_bytes, quantize_block
-from .resolve import AnnDataParts, Selection, check_options, resolve, safe_name
+from .resolve import AnnDataParts, Selection, _show, check_options, resolve, safe_name
 from .writer import (
     Prefetch,
     StagingFolder,
@@ -486,10 +486,19 @@ def export_parts(
             f"{target} holds gene expression only (embeddings=False): the viewer cannot open it alone."
         )
     elif not dataset.viewer_ready:
+        drawable = [
+            k for k, s in parts.obsm_shapes.items() if len(s) == 2 and s[0] == sel.n_cells and 1 <= s[1] <= 3
+        ]
+        hint = (
+            f" obsm has {_show(drawable)} with 1-3 columns, not drawn unless named: pass embeddings={drawable[0]!r} "
+            "to draw it."
+            if drawable
+            else ""
+        )
         warn(
             f"{target} holds gene expression only and is not viewer-openable: the AnnData has no embedding "
-            "to draw (an obsm entry such as 'X_umap' with 1, 2 or 3 columns). Compute one (sc.pp.neighbors(adata); "
-            "sc.tl.umap(adata)) or name it with embeddings=, then export again."
+            f"to draw (an obsm entry such as 'X_umap' with 1, 2 or 3 columns).{hint} Compute one "
+            "(sc.pp.neighbors(adata); sc.tl.umap(adata)) or name it with embeddings=, then export again."
         )
     return ExportResult(
         path=target,
