@@ -488,3 +488,23 @@ def test_messages_name_what_is_there(tmp_path):
     ):
         export(a, tmp_path / "p")
     assert not any((tmp_path / n).exists() for n in ("v", "p"))
+
+
+def test_no_genes_exports_the_cell_data_only(pbmc_master, tmp_path):
+    """genes=[]: the format's export without genes (no var/, no var_manifest.json, stats.n_genes 0)."""
+    plan = pbmc_master.cellucid.estimate(genes=[])
+    assert plan.n_genes == 0 and plan.payload_bytes == 0
+    res = pbmc_master.cellucid.export(tmp_path / "cells", genes=[], layout="index", progress=False)
+    assert res.n_genes == 0 and res.viewer_ready
+    assert not (res.path / "var").exists() and not (res.path / "var_manifest.json").exists()
+    ident = json.loads((res.path / "dataset_identity.json").read_text())
+    assert ident["stats"]["n_genes"] == 0 and ident["stats"]["n_cells"] == pbmc_master.n_obs
+    assert cellucid_export.validate(res.path) == []
+    with pytest.raises(errors.ExportNotFoundError, match="exported without genes"):
+        cellucid_export.read_export(res.path)
+    # Nothing at all to export, or options that would apply to no gene: refused before writing.
+    with pytest.raises(errors.InvalidParameterError, match="there would be nothing to export"):
+        pbmc_master.cellucid.export(tmp_path / "none", genes=[], embeddings=False, progress=False)
+    with pytest.raises(errors.InvalidParameterError, match="genes=\\[\\] exports no gene, so layer="):
+        pbmc_master.cellucid.export(tmp_path / "none", genes=[], layer="X", progress=False)
+    assert not (tmp_path / "none").exists()

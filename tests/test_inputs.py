@@ -145,7 +145,7 @@ def test_auto_samples_cells_across_the_matrix(tmp_path):
         ("highly_varible", errors.InvalidParameterError, r"Did you mean genes='highly_variable'\?"),
         ("gene_symbols", errors.InvalidParameterError, r"var\['gene_symbols'\] must be boolean"),
         (np.ones(7, bool), errors.InvalidParameterError, "mask has 7 entries but var has 120 genes"),
-        ([], errors.InvalidParameterError, "No genes selected"),
+        (np.zeros(120, bool), errors.InvalidParameterError, "No genes selected"),
     ],
 )
 def test_bad_gene_selection(scrna, tmp_path, genes, error, pattern):

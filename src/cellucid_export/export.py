@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import gc
@@ -421,23 +422,34 @@ def export_parts(
     check_target(target.absolute(), overwrite)
     sel = resolve(parts, layer=layer, genes=genes, gene_id_column=gene_id_column, layout=layout)
     dataset = resolve_dataset(parts, layout=layout, target=target.absolute(), **dataset_options)
+    has_genes = sel.source is not None
+    if not has_genes and not dataset.viewer_ready:
+        raise InvalidParameterError(
+            "genes=[] exports the cell data only, but there is no embedding to draw, so there would be nothing "
+            "to export. Select genes, or name an obsm embedding with embeddings=."
+        )
     plan = _plan(sel, var_quantization, compression, max_bytes)
     check_plan(plan, max_bytes)
-    read_block, _ = _block_sizes(sel, var_quantization, memory_budget)
-    need = DiskNeed(
-        plan, tuple(dataset_file_sizes(dataset)), sel.source.scratch_bytes(len(sel.gene_ids), read_block)
-    )
+    scratch = 0
+    if has_genes:
+        scratch = sel.source.scratch_bytes(
+            len(sel.gene_ids), _block_sizes(sel, var_quantization, memory_budget)[0]
+        )
+    need = DiskNeed(plan, tuple(dataset_file_sizes(dataset)), scratch)
     measure = (
         functools.partial(_gzip_sample, sel, var_quantization, layout, compression, jobs)
-        if compression
+        if compression and has_genes
         else None
     )
     check_disk(need, target, measure)
-    logger.info(f"exporting {sel.source_name}: {sel.reason}.")
-    logger.info(
-        f"{plural(len(sel.gene_ids), 'gene')} ({sel.notes[0]}) x {sel.n_cells:,} cells, "
-        f"{format_bytes(plan.payload_bytes)} before compression."
-    )
+    if has_genes:
+        logger.info(f"exporting {sel.source_name}: {sel.reason}.")
+        logger.info(
+            f"{plural(len(sel.gene_ids), 'gene')} ({sel.notes[0]}) x {sel.n_cells:,} cells, "
+            f"{format_bytes(plan.payload_bytes)} before compression."
+        )
+    else:
+        logger.info("no genes (genes=[]): exporting the cell data only.")
     if layout == "name":
         logger.info(
             "layout='name' (files named after genes) opens in viewers of the name era; current viewer "
@@ -456,18 +468,22 @@ def export_parts(
             memory_budget=memory_budget,
             n_jobs=jobs,
             scratch_dir=stage.path,
-        ) as blocks,
-    ):
-        written, _manifest, nonfinite = write_genes(
-            stage.path,
-            sel,
-            blocks,
-            var_quantization=var_quantization,
-            compression=compression,
-            layout=layout,
-            n_jobs=jobs,
-            progress=progress,
         )
+        if has_genes
+        else contextlib.nullcontext(()) as blocks,
+    ):
+        written, nonfinite = 0, {}
+        if has_genes:  # with no genes, the format wants neither var/ nor var_manifest.json
+            written, _manifest, nonfinite = write_genes(
+                stage.path,
+                sel,
+                blocks,
+                var_quantization=var_quantization,
+                compression=compression,
+                layout=layout,
+                n_jobs=jobs,
+                progress=progress,
+            )
         more, _identity = write_dataset(
             stage.path,
             dataset,

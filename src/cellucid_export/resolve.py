@@ -142,9 +142,12 @@ class AnnDataParts:
 
 @dataclass
 class Selection:
-    """The resolved export: the reader, the genes (in export order) and their ids."""
+    """The resolved export: the reader, the genes (in export order) and their ids.
 
-    source: GeneBlockSource
+    ``source`` is None for an export without genes (``genes=[]``): only the cell data is written.
+    """
+
+    source: GeneBlockSource | None
     source_name: str
     reason: str
     gene_idx: np.ndarray
@@ -726,8 +729,29 @@ def check_name_layout(ids: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------------------- entry
 
 
+def _no_genes(genes) -> bool:
+    """``genes=[]`` (an empty list, tuple or array): export the cell data only, as the format allows."""
+    return isinstance(genes, list | tuple | np.ndarray | pd.Index) and len(genes) == 0
+
+
 def resolve(parts: AnnDataParts, *, layer=None, genes=None, gene_id_column=None, layout="name") -> Selection:
     """Choose the matrix and genes and validate everything, without writing anything."""
+    if _no_genes(genes):
+        if layer is not None or gene_id_column is not None:
+            raise InvalidParameterError(
+                "genes=[] exports no gene, so layer= and gene_id_column= have nothing to apply to; leave them out."
+            )
+        empty = np.zeros(0, np.int64)
+        return Selection(
+            None,
+            "no matrix",
+            "genes=[] asks for the cell data only",
+            empty,
+            [],
+            None,
+            parts.n_obs,
+            ["no genes"],
+        )
     cand, source, reason = _pick_matrix(parts, layer)
     if not cand.is_raw and parts.var_idx is not None:
         source = _ColumnSubset(source, parts.var_idx)
