@@ -427,6 +427,8 @@ def measure_sizes(
     with contextlib.ExitStack() as stack:
         parts = _open_parts(data, stack)
         sel = resolve(parts, layer=layer, genes=genes, gene_id_column=gene_id_column, layout="index")
+        if sel.source is None:
+            raise InvalidParameterError("genes=[] selects no gene, so there is no gene file to measure.")
         plan = ExportPlan(sel.n_cells, len(sel.gene_ids), 8, compression, sel.source_name)
         n = len(sel.gene_ids)
         picks = np.unique(np.linspace(0, n - 1, min(n, n_sample_genes)).round().astype(int))
