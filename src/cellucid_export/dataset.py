@@ -285,7 +285,14 @@ def normalise_points(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     written, so that centroids are measured on the unrounded coordinates.
     """
     lo, hi = x.min(axis=0), x.max(axis=0)
-    r = float((hi - lo).max())
+    with np.errstate(over="ignore"):
+        r = float((hi - lo).max())
+    if not np.isfinite(r):
+        # Coordinates near the float64 limit (a range above 1.8e308): the format's formula overflows, so the
+        # same result is computed in halves, which cannot.
+        center = lo / 2 + hi / 2
+        scale = 1.0 / float((hi / 2 - lo / 2).max())
+        return x * scale - center * scale, center, scale
     if r < 1e-8:  # every cell at one point: keep them there rather than divide by ~0
         r = 1.0
     center = (lo + hi) / 2
