@@ -292,7 +292,7 @@ def normalise_points(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         # same result is computed in halves, which cannot.
         center = lo / 2 + hi / 2
         scale = 1.0 / float((hi / 2 - lo / 2).max())
-        return x * scale - center * scale, center, scale
+        return np.clip(x * scale - center * scale, -1.0, 1.0), center, scale  # (1 ulp over, from the halving)
     if r < 1e-8:  # every cell at one point: keep them there rather than divide by ~0
         r = 1.0
     center = (lo + hi) / 2
