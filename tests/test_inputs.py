@@ -109,8 +109,43 @@ def test_auto_sees_a_scaled_x_without_negative_values(pbmc_master, tmp_path):
     sc.pp.scale(a, zero_center=False)
     assert a.X.min() >= 0 and {"mean", "std"} <= set(a.var.columns)
     res = export(a, tmp_path, genes=["CD79A"])
-    assert res.source == "raw.X" and "sc.pp.scale adds" in res.source_reason
+    assert res.source == "raw.X" and "sc.pp.scale(zero_center=False)" in res.source_reason
     assert export(a, tmp_path / "x", genes=["CD79A"], layer="X").source == "X"
+    # Without raw, a log layer is taken, and without either the scaled X is refused, not exported.
+    b = a.copy()
+    b.raw = None
+    b.layers["log1p"] = pbmc_master.raw[:, b.var_names].X.copy()
+    assert b.cellucid.estimate().source == "layers['log1p']"
+    del b.layers["log1p"]
+    with pytest.raises(
+        errors.MatrixChoiceError, match=r"X looks scaled by sc\.pp\.scale\(zero_center=False\)"
+    ):
+        b.cellucid.estimate()
+    # sc.pp.scale(adata, layer=...) adds the same var columns but leaves X as it was: X is kept.
+    c = pbmc_master.copy()
+    c.X = c.raw[:, c.var_names].X.toarray()
+    c.layers["scaled"] = c.X.copy()
+    sc.pp.scale(c, zero_center=False, layer="scaled")
+    assert {"mean", "std"} <= set(c.var.columns) and c.cellucid.estimate().source == "X"
+
+
+@pytest.mark.parametrize("transform", ["size factors", "sqrt"])
+def test_auto_refuses_a_low_count_panel_not_log_transformed(tmp_path, transform):
+    """Counts divided by a per-cell factor (or their square roots) stay below the 'linear' maximum in a
+    low-count panel, and their cell totals differ: the values of each cell give them away."""
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(rng.gamma(0.6, 1.0, 300) / 6, (1500, 300)).astype(np.float64)
+    counts = counts[counts.sum(1) >= 10]
+    x = counts / rng.uniform(0.5, 2.0, (len(counts), 1))
+    x = np.sqrt(x) if transform == "sqrt" else x
+    a = ad.AnnData(sp.csr_matrix(x.astype(np.float32)))
+    a.var_names = [f"G{i}" for i in range(a.n_vars)]
+    assert a.X.max() < 50
+    said = "square-root transformed" if transform == "sqrt" else "whole multiple of the cell's smallest"
+    with pytest.raises(errors.MatrixChoiceError, match=said):
+        a.cellucid.estimate()
+    a.X = sp.csr_matrix(np.log1p(x).astype(np.float32))  # the same cells, log-transformed: accepted
+    assert a.cellucid.estimate().source == "X"
 
 
 def test_auto_samples_cells_across_the_matrix(tmp_path):
@@ -125,6 +160,14 @@ def test_auto_samples_cells_across_the_matrix(tmp_path):
     ):
         export(a, tmp_path)
     assert_nothing_written(tmp_path)
+    # A small batch in the middle of a larger matrix is seen too (with 10 runs of 50 cells it fell between).
+    b = make_scrna(n_cells=5000)
+    x = b.X.toarray()
+    x[2260:2400] = b.layers["counts"].toarray()[2260:2400]
+    b.X = sp.csr_matrix(x)
+    b.layers.clear()
+    with pytest.raises(errors.MatrixChoiceError, match=r"X mixes cells of whole numbers"):
+        b.cellucid.estimate()
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,8 @@ class Selection:
 def _describe(sample: np.ndarray) -> tuple[str, str]:
     """Classify a sample of a matrix: (kind, sentence).
 
-    Kind is 'log', 'scaled', 'counts', 'mixed' (some cells counts), 'linear' (normalised, not logged) or 'empty'.
+    Kind is 'log', 'scaled', 'counts', 'mixed' (some cells counts), 'linear' (normalised, not logged), 'sqrt'
+    or 'empty'.
     """
     finite = sample[np.isfinite(sample)]
     if finite.size == 0 or not finite.any():
@@ -201,9 +202,71 @@ def _describe(sample: np.ndarray) -> tuple[str, str]:
             "non-integer ones: raw counts in some cells (batches concatenated at different stages?), or "
             "normalised values not log-transformed",
         )
+    n, linear, squares = _per_cell_multiples(clean)
+    if n >= 20 and linear >= n / 2:
+        return (
+            "linear",
+            f"is normalised but not log-transformed (in {linear} of {n} cells sampled, every value is a whole "
+            "multiple of the cell's smallest: counts divided by a per-cell factor); sc.pp.log1p would fix that",
+        )
+    if n >= 20 and squares >= n / 2:
+        return (
+            "sqrt",
+            f"looks square-root transformed, not log-normalised (in {squares} of {n} cells sampled, the squared "
+            "values are whole multiples of the cell's smallest)",
+        )
     if hi > 50:
-        return "linear", f"is normalised but not log-transformed (max {hi:.3g}); sc.pp.log1p would fix that"
+        return (
+            "linear",
+            f"is not log-transformed (max {hi:.3g}): normalised values need sc.pp.log1p, fractional counts "
+            "sc.pp.normalize_total first",
+        )
     return "log", f"looks log-normalised (non-negative, non-integer, max {hi:.3g})"
+
+
+def _scaled_without_centring(sample: np.ndarray, var: pd.DataFrame) -> bool:
+    """Whether X was scaled by ``sc.pp.scale(zero_center=False)``, which leaves no negative value.
+
+    scale records each gene's standard deviation before scaling in ``var['std']`` and divides by it. So the
+    genes of a scaled X have a standard deviation near 1, while an X left as it was (the scaled copy is a
+    layer, ``sc.pp.scale(adata, layer=...)``) keeps the deviations var['std'] recorded. Which of the two the
+    sample is nearer to decides; genes whose recorded deviation is itself near 1 cannot tell them apart.
+    """
+    if not {"mean", "std"} <= set(var.columns) or sample.shape[0] < 20 or sample.shape[1] != len(var):
+        return False
+    before = pd.to_numeric(var["std"], errors="coerce").to_numpy(np.float64)
+    clean = np.where(np.isfinite(sample), sample, 0.0).astype(np.float64)
+    now = clean.std(axis=0)
+    ok = (
+        (now > 0)
+        & np.isfinite(before)
+        & (before > 0)
+        & (np.abs(np.log(np.where(before > 0, before, 1))) > 0.2)
+    )
+    if ok.sum() < 10:
+        return False
+    to_unit = np.median(np.abs(np.log(now[ok])))
+    to_recorded = np.median(np.abs(np.log(now[ok] / before[ok])))
+    return bool(to_unit < to_recorded)
+
+
+def _per_cell_multiples(clean: np.ndarray) -> tuple[int, int, int]:
+    """(cells with 3+ distinct values, cells whose values are whole multiples of their smallest, same for squares).
+
+    Counts divided by a per-cell factor (normalize_total, size factors, cell area) are whole multiples of the
+    cell's smallest value (one count); so are the squares of square-rooted ones. log1p values are not.
+    """
+    n = linear = squares = 0
+    for row in clean:
+        v = np.unique(row[row > 0]).astype(np.float64)
+        if len(v) < 3:
+            continue
+        n += 1
+        r = v / v[0]
+        linear += bool(np.all(np.abs(r - np.round(r)) <= 1e-3 * r))
+        r2 = r * r
+        squares += bool(np.all(np.abs(r2 - np.round(r2)) <= 1e-3 * r2))
+    return n, linear, squares
 
 
 @dataclass
@@ -257,12 +320,14 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
 
     opened: dict[str, GeneBlockSource] = {}
     looks: dict[str, tuple[str, str]] = {}
+    samples: dict[str, np.ndarray] = {}
 
     def judge(key: str) -> str:
         if key not in looks:
             try:
                 opened[key] = cands[key].open()
-                looks[key] = _describe(opened[key].sample_rows(SAMPLE_CELLS))
+                samples[key] = opened[key].sample_rows(SAMPLE_CELLS)
+                looks[key] = _describe(samples[key])
             except CellucidExportError:
                 raise  # already explained (a closed file, a matrix of another type)
             except (TypeError, ValueError, OSError, KeyError) as e:
@@ -273,14 +338,14 @@ def _pick_matrix(parts: AnnDataParts, layer: str | None) -> tuple[_Candidate, Ge
         return cands[key], opened[key], why
 
     if "X" in cands and judge("X") == "log":
-        if "raw" in cands and {"mean", "std"} <= set(parts.var.columns) and judge("raw") == "log":
-            # sc.pp.scale(zero_center=False) leaves no negative value, only these two var columns.
-            return chosen(
-                "raw",
-                f"X {looks['X'][1]}, but var has the 'mean' and 'std' columns sc.pp.scale adds, so X is "
-                f"probably scaled; raw.X {looks['raw'][1]} (pass layer='X' to export X anyway)",
-            )
-        return chosen("X", f"X {looks['X'][1]}")
+        if not _scaled_without_centring(samples["X"], cands["X"].var):
+            return chosen("X", f"X {looks['X'][1]}")
+        # sc.pp.scale(zero_center=False) leaves no negative value: X is treated as scaled from here on.
+        looks["X"] = (
+            "scaled",
+            "looks scaled by sc.pp.scale(zero_center=False): var has the 'mean' and 'std' columns it adds, and "
+            "X's genes have the unit variance it gives (pass layer='X' to export X anyway)",
+        )
     if "X" in cands and "raw" in cands and looks["X"][0] == "scaled" and judge("raw") == "log":
         return chosen("raw", f"X {looks['X'][1]}, while raw.X {looks['raw'][1]}")
     layer_keys = {k.split("/", 1)[1].lower(): k for k in cands if k.startswith("layers/")}

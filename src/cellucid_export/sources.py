@@ -121,8 +121,9 @@ class GeneBlockSource:
 
 
 #: A matrix is sampled in this many windows of consecutive cells spread over it, not at its start alone:
-#: concatenated batches can differ (one normalised, the next still counts).
-SAMPLE_WINDOWS = 10
+#: concatenated batches can differ (one normalised, the next still counts). With 500 cells, windows of
+#: 10: a batch of 140 cells among 5,000 falls into one (with 10 windows of 50, it could fall between).
+SAMPLE_WINDOWS = 50
 
 
 def sample_positions(n: int, n_rows: int) -> np.ndarray:
