@@ -105,6 +105,23 @@ def test_cli_genes_typo_of_a_column_is_named(pbmc, tmp_path, capsys):
     assert "not in raw.X: 'CD79Q'" in capsys.readouterr().err
 
 
+def test_cli_no_genes_only_when_asked_by_name(pbmc, tmp_path, capsys):
+    """--genes none exports the cell data only; an empty list (a comma, a file of comments) is an error."""
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    (tmp_path / "genes.txt").write_text("# markers to add later\n")
+    for empty in (",", f"@{tmp_path / 'genes.txt'}"):
+        assert main(["export", str(h5ad), str(tmp_path / "x"), "--genes", empty, "--no-progress"]) == 2
+        assert "lists no gene. Name genes, or pass --genes none" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["export", str(h5ad), str(tmp_path / "cells"), "--genes", "none", "--no-progress"]) == 0
+    assert "no matrix (--genes none asks for the cell data only)" in capsys.readouterr().out
+    assert not (tmp_path / "cells" / "var_manifest.json").exists()
+    assert main(["inspect", str(tmp_path / "cells")]) == 0
+    assert "a dataset without genes (exported with --genes none), 700 cells" in capsys.readouterr().out
+    assert main(["validate", str(tmp_path / "cells")]) == 0
+
+
 def test_validate_counts_problems_in_words(pbmc, tmp_path, capsys):
     out = tmp_path / "one"
     pbmc.cellucid.export(out, genes=["CD79A"], progress=False)

@@ -516,6 +516,8 @@ def test_points_near_the_float64_limit_are_normalised():
     pts = dataset.normalise_points(x)[0]
     assert np.isfinite(pts).all() and np.abs(pts).max() == 1.0
     np.testing.assert_array_equal(pts[:, 0], [1.0, -1.0, 0.0])
+    one_sided = dataset.normalise_points(np.array([[1.0e308], [1.7e308], [1.2e308]]))[0]  # lo + hi overflows
+    assert np.isfinite(one_sided).all() and one_sided.min() == -1.0 and one_sided.max() == 1.0
     # Ordinary points keep the format's formula, bit for bit.
     y = np.random.default_rng(0).normal(size=(50, 2)) * 7
     lo, hi = y.min(0), y.max(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,21 +49,14 @@ def test_guard_default_refuses_an_atlas(scrna):
 
 def _small_disk(monkeypatch, free: int, files: int = 10**9):
     """Make the target's disk look like it has ``free`` bytes (in 4 KB blocks) and ``files`` inodes left."""
-    from types import SimpleNamespace
-
-    def statvfs(path):
-        return SimpleNamespace(
-            f_bavail=free // 4096, f_frsize=4096, f_bsize=4096, f_files=files, f_favail=files
-        )
-
-    monkeypatch.setattr("cellucid_export.plan._disk_stats", statvfs)
+    monkeypatch.setattr("cellucid_export.plan._disk_stats", lambda path: (free // 4096 * 4096, 4096, files))
 
 
 def test_guard_checks_free_space(scrna, tmp_path, monkeypatch):
     _small_disk(monkeypatch, 4096)
     with pytest.raises(errors.ExportTooLargeError, match="only 4.10 KB is free") as e:
         scrna.cellucid.export(tmp_path / "out", max_bytes=None, progress=False)
-    assert "With gzip, measured on 20 genes, it would still need about" in str(e.value)
+    assert "With gzip, measured on 64 genes, it would still need about" in str(e.value)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -87,19 +81,43 @@ def test_guard_counts_whole_disk_blocks_and_cell_data(tmp_path, monkeypatch):
 
 def test_guard_lets_a_compressed_export_through_when_gzip_fits(scrna, tmp_path, monkeypatch):
     """Too big for the disk before compression, but not after: measured on a sample, it goes ahead."""
-    a = make_scrna(n_cells=50_000, n_genes=20, density=0.05)
-    raw = 20 * 50_000
+    with warnings.catch_warnings():  # random barcodes repeat among 20,000 cells
+        warnings.simplefilter("ignore", UserWarning)
+        a = make_scrna(n_cells=20_000, n_genes=200, density=0.05)
+    raw = 200 * 20_000
     _small_disk(monkeypatch, raw // 2)
     with pytest.warns(
-        errors.CellucidExportWarning, match=r"gzip brings the gene files to about .* so it goes ahead"
+        errors.CellucidExportWarning,
+        match=r"gzip brings the gene files to about .* \(measured on 64 genes\), so it goes",
     ):
         res = a.cellucid.export(tmp_path / "out", embeddings=False, progress=False)
+    on_disk = sum(-(-p.stat().st_size // 4096) * 4096 for p in res.path.rglob("*") if p.is_file())
+    assert on_disk < raw // 2  # it did fit
     ex = cellucid_export.read_export(res.path)
     np.testing.assert_allclose(ex.gene("G3"), a[:, "G3"].X.toarray().ravel(), atol=ex.bounds("G3")[1] / 255)
     # Without compression the same export is refused.
     with pytest.raises(errors.ExportTooLargeError, match="is free on the disk"):
         a.cellucid.export(tmp_path / "plain", embeddings=False, compression=None, progress=False)
     assert not (tmp_path / "plain").exists()
+
+
+def test_disk_stats_without_statvfs_and_with_huge_blocks(tmp_path, monkeypatch):
+    """Windows has no statvfs: the free space comes from shutil. ZFS reports its record size (128 KiB) as the
+    block: small files are counted in 4 KB blocks, not in records."""
+    from types import SimpleNamespace
+
+    from cellucid_export import plan
+
+    free, block, files = plan._disk_stats(tmp_path)
+    assert free > 0 and 512 <= block <= 4096 and (files is None or files > 0)
+    with monkeypatch.context() as m:
+        m.setattr(plan, "_HAS_STATVFS", False)
+        free, block, files = plan._disk_stats(tmp_path)
+        # (other programs may write meanwhile: the same free space within 100 MB)
+        assert abs(free - shutil.disk_usage(tmp_path).free) < 10**8 and block == 4096 and files is None
+    zfs = SimpleNamespace(f_bavail=10**6, f_frsize=131072, f_bsize=131072, f_files=0, f_favail=0)
+    monkeypatch.setattr(plan.os, "statvfs", lambda path: zfs)
+    assert plan._disk_stats(tmp_path) == (10**6 * 131072, 4096, None)
 
 
 def test_guard_checks_the_number_of_files(scrna, tmp_path, monkeypatch):

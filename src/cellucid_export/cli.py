@@ -6,6 +6,7 @@ import argparse
 import ast
 import difflib
 import inspect
+import json
 import logging
 import re
 import sys
@@ -50,6 +51,7 @@ _PHRASES = {
     "leave gene_id_column=None to use var_names": "leave out --gene-id-column to use var_names",
     "a positive integer, -1 or None (all cores)": "a positive integer, or -1 (all cores)",
     "(list(dict.fromkeys(genes)) keeps the first of each, e.g. for markers of several groups)": "in --genes",
+    "genes=[]": "--genes none",
 }
 
 
@@ -103,13 +105,15 @@ def _genes_arg(value: str | None, h5ad: str):
     """--genes takes a boolean var column, comma-separated ids, or @file with one id per line."""
     if value is None:
         return None
+    if value.strip().lower() in _NONE:
+        return []  # the cell data only
     if value.startswith("@"):
         if not Path(value[1:]).is_file():
             raise InvalidParameterError(
                 f"--genes {value}: there is no file {value[1:]!r} (a list of genes, one per line). Check its path."
             )
         lines = Path(value[1:]).read_text().splitlines()
-        return [g.strip() for g in lines if g.strip() and not g.startswith("#")]
+        return _some_genes([g.strip() for g in lines if g.strip() and not g.startswith("#")], value)
     with open_h5ad(h5ad) as f:  # a missing or cut-short file gets its own message
         columns = list(f["var"].attrs.get("column-order", [])) if "var" in f else []
         if value in columns:
@@ -122,6 +126,15 @@ def _genes_arg(value: str | None, h5ad: str):
                 f"--genes {value}: there is no var column and no gene of that name; did you mean the column "
                 f"{close[0]!r}? (var columns: {', '.join(columns)})"
             )
+    return _some_genes(genes, value)
+
+
+def _some_genes(genes: list[str], value: str) -> list[str]:
+    """An empty list exports no gene, which the command line asks for by name (--genes none), never by accident."""
+    if not genes:
+        raise InvalidParameterError(
+            f"--genes {value} lists no gene. Name genes, or pass --genes none to export the cell data only."
+        )
     return genes
 
 
@@ -155,8 +168,8 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", help="'X', 'raw' or a layer name (default: chosen automatically, and reported)")
     p.add_argument(
         "--genes",
-        help="a boolean var column (e.g. highly_variable), comma-separated gene ids, or @file with one id per line "
-        "(default: all genes)",
+        help="a boolean var column (e.g. highly_variable), comma-separated gene ids, @file with one id per line, "
+        "or 'none' for the cell data only (default: all genes)",
     )
     p.add_argument("--gene-id-column", help="var column holding the gene names to show (default: var_names)")
     p.add_argument(
@@ -328,6 +341,17 @@ def _for_which_viewers(folder: str) -> str:
 
 
 def _inspect(args) -> None:
+    folder = Path(args.export_dir)
+    if (
+        (folder / "dataset_identity.json").is_file()
+        and not (folder / "var_manifest.json").exists()
+        and not args.gene
+    ):
+        stats = json.loads((folder / "dataset_identity.json").read_text()).get("stats", {})
+        print(
+            f"{folder}: a dataset without genes (exported with --genes none), {stats.get('n_cells', '?'):,} cells."
+        )
+        return
     ex = read_export(args.export_dir)
     print(ex)
     if not args.gene:

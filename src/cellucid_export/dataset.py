@@ -287,9 +287,10 @@ def normalise_points(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     lo, hi = x.min(axis=0), x.max(axis=0)
     with np.errstate(over="ignore"):
         r = float((hi - lo).max())
-    if not np.isfinite(r):
-        # Coordinates near the float64 limit (a range above 1.8e308): the format's formula overflows, so the
-        # same result is computed in halves, which cannot.
+        centre_overflows = not np.isfinite(lo + hi).all()
+    if not np.isfinite(r) or centre_overflows:
+        # Coordinates near the float64 limit (a range or a sum of bounds above 1.8e308): the format's formula
+        # overflows, so the same result is computed in halves, which cannot.
         center = lo / 2 + hi / 2
         scale = 1.0 / float((hi / 2 - lo / 2).max())
         return np.clip(x * scale - center * scale, -1.0, 1.0), center, scale  # (1 ulp over, from the halving)

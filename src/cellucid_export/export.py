@@ -230,7 +230,7 @@ def _block_sizes(sel: Selection, var_quantization, memory_budget: int) -> tuple[
 
 
 #: Genes the disk check compresses when the export fits the disk only after gzip (see check_disk).
-GZIP_SAMPLE_GENES = 20
+GZIP_SAMPLE_GENES = 64
 
 
 def _gzip_sample(sel: Selection, var_quantization, layout, compression, n_jobs: int) -> list[int]:
@@ -433,7 +433,7 @@ def export_parts(
     scratch = 0
     if has_genes:
         scratch = sel.source.scratch_bytes(
-            len(sel.gene_ids), _block_sizes(sel, var_quantization, memory_budget)[0]
+            sel.gene_idx, _block_sizes(sel, var_quantization, memory_budget)[0]
         )
     need = DiskNeed(plan, tuple(dataset_file_sizes(dataset)), scratch)
     measure = (

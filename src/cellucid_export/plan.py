@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -232,7 +233,7 @@ def check_plan(plan: ExportPlan, max_bytes: int | None) -> None:
 
 
 #: How much larger than measured on a sample of genes the gzip sizes may turn out (see check_disk).
-GZIP_MARGIN = 1.25
+GZIP_MARGIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ class DiskNeed:
     other_files
         Bytes of each other file: cell data (points, obs, graph, vectors) and their manifests.
     scratch_bytes
-        Temporary files a large CSR matrix is sorted into, on the same disk, removed as they are used.
+        Temporary files a large CSR matrix is sorted into, on the same disk, removed at the end.
 
     """
 
@@ -299,9 +300,23 @@ def _whole_blocks(n: float, block: int) -> int:
     return int(-(-int(np.ceil(n)) // block) * block)
 
 
-def _disk_stats(path: Path) -> os.statvfs_result:
-    """Free space and files of the disk holding ``path`` (a function of its own, for the tests)."""
-    return os.statvfs(path)
+#: The largest allocation unit counted per file. Some filesystems report a far larger block (ZFS reports its
+#: record size, 128 KiB or 1 MiB) but store small files in smaller pieces.
+MAX_BLOCK = 4096
+_HAS_STATVFS = hasattr(os, "statvfs")
+
+
+def _disk_stats(path: Path) -> tuple[int, int, int | None]:
+    """(free bytes, allocation unit, files that can still be created or None) of the disk holding ``path``.
+
+    ``os.statvfs`` where there is one; elsewhere (Windows) the free space alone, from shutil.
+    """
+    if not _HAS_STATVFS:
+        return shutil.disk_usage(path).free, MAX_BLOCK, None
+    st = os.statvfs(path)
+    unit = st.f_frsize or st.f_bsize or MAX_BLOCK
+    # f_files is 0 where the filesystem has no fixed number of files (btrfs, some network filesystems).
+    return st.f_bavail * unit, max(512, min(unit, MAX_BLOCK)), st.f_favail if st.f_files else None
 
 
 def check_disk(
@@ -317,14 +332,12 @@ def check_disk(
     behind (:class:`~cellucid_export.errors.DiskFullError`).
     """
     where = nearest_existing(Path(target).absolute().parent)
-    st = _disk_stats(where)
-    free = st.f_bavail * st.f_frsize
-    block = max(512, st.f_frsize or st.f_bsize or 4096)
+    free, block, files_left = _disk_stats(where)
     plan = need.plan
-    if st.f_files and need.n_files + 16 > st.f_favail:  # 16: the folders
+    if files_left is not None and need.n_files + 16 > files_left:  # 16: the folders
         raise ExportTooLargeError(
             f"This export writes {need.n_files:,} files, but the disk of {where} has room for only "
-            f"{st.f_favail:,} more (its limit on the number of files, although {format_bytes(free)} is "
+            f"{files_left:,} more (its limit on the number of files, although {format_bytes(free)} is "
             f"free).\n{_shown(plan)}\nExport fewer genes, or write to another disk."
         )
     raw = need.on_disk(block)

@@ -862,8 +862,8 @@ class _ColumnSubset(GeneBlockSource):
     def bytes_per_value(self):  # how the inner reader's blocks are sized, passes or records
         return self.inner.bytes_per_value
 
-    def scratch_bytes(self, n_genes, genes_per_block):
-        return self.inner.scratch_bytes(n_genes, genes_per_block)
+    def scratch_bytes(self, gene_idx, genes_per_block):
+        return self.inner.scratch_bytes(self.var_idx[np.asarray(gene_idx)], genes_per_block)
 
     def sample_rows(self, n_rows):
         return self.inner.sample_rows(n_rows)[:, self.var_idx]

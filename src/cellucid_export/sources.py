@@ -93,7 +93,7 @@ class GeneBlockSource:
         """A dense float32 sample of up to ``n_rows`` cells and all genes, read cheaply."""
         raise NotImplementedError
 
-    def scratch_bytes(self, n_genes: int, genes_per_block: int) -> int:
+    def scratch_bytes(self, gene_idx: np.ndarray, genes_per_block: int) -> int:
         """About how many bytes of scratch files :meth:`blocks` writes for these genes (0: none)."""
         return 0
 
@@ -124,6 +124,8 @@ class GeneBlockSource:
 #: concatenated batches can differ (one normalised, the next still counts). With 500 cells, windows of
 #: 10: a batch of 140 cells among 5,000 falls into one (with 10 windows of 50, it could fall between).
 SAMPLE_WINDOWS = 50
+#: Cells sampled to estimate the scratch files (see StreamedCSR.scratch_bytes).
+SAMPLE_ROWS = 500
 
 
 def sample_positions(n: int, n_rows: int) -> np.ndarray:
@@ -324,13 +326,16 @@ class StreamedCSR(GeneBlockSource):
     def nnz_fraction(self):
         return float(self.indptr[-1]) / max(1, self._file_rows * self.shape[1])
 
-    def scratch_bytes(self, n_genes, genes_per_block):
+    def scratch_bytes(self, gene_idx, genes_per_block):
         # Records of every stored value of the exported genes and cells, spilled when there are several
-        # blocks and the matrix is not re-read (see blocks); the genes' share of the stored values is
-        # taken as their share of the columns.
-        if self.rereads or n_genes <= max(1, genes_per_block):
+        # blocks and the matrix is not re-read (see blocks). The genes' share of the stored values is measured
+        # on a sample of cells: selected genes (highly variable ones) are often far denser than the average.
+        if self.rereads or len(gene_idx) <= max(1, genes_per_block):
             return 0
-        return int(self.nnz_fraction() * self.shape[0] * n_genes * RECORD.itemsize)
+        sample = self.sample_rows(SAMPLE_ROWS) != 0
+        stored = sample.sum()
+        share = sample[:, gene_idx].sum() / stored if stored else len(gene_idx) / self.shape[1]
+        return int(self.nnz_fraction() * self.shape[0] * self.shape[1] * share * RECORD.itemsize)
 
     def sample_rows(self, n_rows):
         rows = sample_positions(self.shape[0], n_rows)
