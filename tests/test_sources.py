@@ -380,6 +380,8 @@ def test_a_matrix_of_a_closed_file_is_explained(adata, h5ads, kind):
 
 def test_scratch_files_need_one_file_handle_whatever_the_number_of_blocks(h5ads, tmp_path):
     """A compressed CSR file sorted into many blocks (here 80, one gene each) under a limit of 40 open files."""
+    with h5py.File(h5ads["csr-gzip"]) as f:
+        assert not sources.open_source(f["X"]).rereads  # compressed: sorted into scratch files, not re-read
     script = textwrap.dedent(f"""
         import resource, sys
         import cellucid_export
