@@ -6,6 +6,9 @@ Every error subclasses :class:`CellucidExportError` and a built-in type (``Value
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 __all__ = [
     "CellucidExportError",
     "CellucidExportWarning",
@@ -28,6 +31,16 @@ __all__ = [
     "UnknownGeneError",
     "UnsupportedMatrixError",
 ]
+
+
+def closest(name: str, known: Sequence[str], n: int = 1, cutoff: float = 0.75) -> list[str]:
+    """The known names a misspelt ``name`` may mean, for "did you mean" advice.
+
+    Names that differ only in case come first ('CD79A' for 'cd79a'); else the closest spellings.
+    """
+    folded = name.casefold()
+    same = [k for k in known if k.casefold() == folded]
+    return same[:n] if same else difflib.get_close_matches(name, known, n=n, cutoff=cutoff)
 
 
 class CellucidExportError(Exception):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .codec import gunzip_strict
-from .errors import ExportNotFoundError, ExportReadError, UnknownGeneError
+from .errors import ExportNotFoundError, ExportReadError, UnknownGeneError, closest
 from .plan import plural
 from .quantize import STEPS, dequantize
 from .resolve import safe_name
@@ -209,9 +208,7 @@ class Export:
 
     def _suggest(self, gene_id) -> str:
         """The closest gene ids (a different case first: 'CD79a' for 'CD79A'), else a few examples."""
-        key = str(gene_id)
-        same = [g for g in self.gene_ids if g.lower() == key.lower()]
-        close = same or difflib.get_close_matches(key, self.gene_ids, n=3, cutoff=0.75)
+        close = closest(str(gene_id), self.gene_ids, n=3)
         if close:
             return f"; did you mean {', '.join(map(repr, close))}?"
         return f", e.g. {', '.join(self.gene_ids[:5])}"

@@ -8,7 +8,6 @@ never a half-written export.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from .errors import (
     MatrixChoiceError,
     OrientationError,
     UnknownGeneError,
+    closest,
 )
 from .plan import plural
 from .sources import GeneBlockSource, open_source
@@ -545,7 +545,7 @@ def _select(
             return np.flatnonzero(_bool_mask(cand.var[genes], n, f"raw.var[{genes!r}]")), (
                 f"genes where raw.var[{genes!r}] is True"
             )
-        close = difflib.get_close_matches(genes, [str(c) for c in base_var.columns], n=1)
+        close = closest(genes, [str(c) for c in base_var.columns])
         meant = f" Did you mean genes={close[0]!r}?" if close else ""
         raise InvalidParameterError(
             f"genes={genes!r} is not a column of var (columns: {_show(base_var.columns) or 'none'}).{meant} Pass the "
@@ -658,13 +658,10 @@ def _select(
 
 def _suggest(missing: pd.Index, *known: pd.Index) -> str:
     """' Did you mean ...?' for genes that differ from known ones by case (cd79a) or by a letter or two."""
-    names = pd.Index([str(x) for index in known for x in index if not pd.isna(x)]).unique()
-    by_case = pd.Series(names, index=names.str.casefold())
-    by_case = by_case[~by_case.index.duplicated()]
+    names = list(pd.Index([str(x) for index in known for x in index if not pd.isna(x)]).unique())
     meant = []
     for gene in missing[:10]:
-        close = [by_case[gene.casefold()]] if gene.casefold() in by_case.index else []
-        close = close or difflib.get_close_matches(gene, names, n=1, cutoff=0.85)
+        close = closest(gene, names, cutoff=0.85)
         if close:
             meant.append(f"{close[0]!r} for {gene!r}")
     return f" Did you mean {', '.join(meant)}?" if meant else ""
