@@ -459,3 +459,19 @@ def test_scratch_estimate_follows_the_selected_genes_density(tmp_path):
         estimate = src.scratch_bytes(np.arange(50), genes_per_block=10)
     actual = dense.nnz * 12
     assert 0.8 * actual < estimate < 1.25 * actual
+
+
+@pytest.mark.parametrize("kind", ["csr", "csc", "dense"])
+def test_sample_rows_of_a_view_are_its_cells(h5ads, adata, kind):
+    """The sample the matrix choice looks at: cells spread over the view, in the view's order, repeats kept."""
+    cells = np.random.default_rng(1).permutation(adata.n_obs)[:300]
+    cells = np.r_[cells, cells[:5]] if kind != "csr" else cells  # (CSR views refuse repeated cells)
+    with h5py.File(h5ads[kind]) as f:
+        src = sources.open_source(f["X"], cells)
+        got = src.sample_rows(120)
+    want = adata.X[cells][sources.sample_positions(len(cells), 120)].toarray()
+    if kind == "csc":  # a CSC file is sampled by columns: only those are filled
+        filled = got.any(axis=0)
+        np.testing.assert_array_equal(got[:, filled], want[:, filled])
+    else:
+        np.testing.assert_array_equal(got, want)

@@ -19,7 +19,7 @@ import itertools
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +143,22 @@ def _row_slices(rows: np.ndarray, max_gap: int = 64) -> list[tuple[int, int]]:
         return []
     cuts = np.flatnonzero(np.diff(rows) > max_gap) + 1
     return [(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, cuts)]
+
+
+def _gather_rows(
+    rows: np.ndarray, n_cols: int, read: Callable[[int, int, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Dense float32 file ``rows`` (any order, repeats allowed), read a few slices of the file at a time.
+
+    ``read(lo, hi, wanted)`` returns the rows ``lo + wanted`` (dense) from the slice of rows ``lo:hi``.
+    """
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    out = np.zeros((len(rows), n_cols), np.float32)
+    for lo, hi in _row_slices(sorted_rows):
+        a, b = np.searchsorted(sorted_rows, [lo, hi])
+        out[order[a:b]] = read(lo, hi, sorted_rows[a:b] - lo)
+    return out
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -341,17 +357,16 @@ class StreamedCSR(GeneBlockSource):
         rows = sample_positions(self.shape[0], n_rows)
         if self.obs_idx is not None:
             rows = self.obs_idx[rows]
-        out = np.zeros((len(rows), self.shape[1]), np.float32)
-        order = np.argsort(rows, kind="stable")
-        for lo, hi in _row_slices(rows[order]):
+
+        def read(lo, hi, wanted):
             a, b = int(self.indptr[lo]), int(self.indptr[hi])
             m = sp.csr_matrix(
                 (self.group["data"][a:b], self.group["indices"][a:b], self.indptr[lo : hi + 1] - a),
                 shape=(hi - lo, self.shape[1]),
             )
-            at = order[(rows[order] >= lo) & (rows[order] < hi)]
-            out[at] = _f32(m[rows[at] - lo].toarray())
-        return out
+            return m[wanted].toarray()
+
+        return _gather_rows(rows, self.shape[1], read)
 
     def _parts(self, n: int) -> list[list[tuple[int, int]]]:
         """The matrix as up to ``n`` consecutive parts, each a list of row chunks of about READ_CHUNK_NNZ values."""
@@ -624,12 +639,7 @@ class OnDiskDense(GeneBlockSource):
         rows = sample_positions(self.shape[0], n_rows)
         if self.obs_idx is not None:
             rows = self.obs_idx[rows]
-        out = np.zeros((len(rows), self.shape[1]), np.float32)
-        order = np.argsort(rows, kind="stable")
-        for lo, hi in _row_slices(rows[order]):
-            at = order[(rows[order] >= lo) & (rows[order] < hi)]
-            out[at] = _f32(self.ds[lo:hi][rows[at] - lo])
-        return out
+        return _gather_rows(rows, self.shape[1], lambda lo, hi, wanted: self.ds[lo:hi][wanted])
 
     def _read_genes(self, idx):
         n_file_rows = self.ds.shape[0]
