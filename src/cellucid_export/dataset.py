@@ -194,6 +194,11 @@ def _embedding_dim(shape: tuple[int, ...], n_cells: int) -> int | None:
     return None
 
 
+def drawable_keys(parts: AnnDataParts) -> list[str]:
+    """The obsm entries that could be drawn (1-3 columns, a row per cell), whether chosen automatically or not."""
+    return [k for k, shape in parts.obsm_shapes.items() if _embedding_dim(shape, parts.n_obs)]
+
+
 def _umap_rank(key: str, dim: int) -> int:
     """Lower is preferred when two embeddings share a dimension: UMAP is scanpy's default plot."""
     if key == f"X_umap_{dim}d":

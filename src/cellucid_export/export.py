@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ._kernels import RECORD
 from ._logging import logger, warn
 from .codec import get_codec
-from .dataset import DatasetPlan, log_plan, resolve_dataset, write_dataset
+from .dataset import DatasetPlan, drawable_keys, log_plan, resolve_dataset, write_dataset
 from .dataset import file_sizes as dataset_file_sizes
 from .errors import CellucidExportError, InvalidParameterError
 from .inputs import open_h5ad, parts_from_h5ad
@@ -502,9 +502,7 @@ def export_parts(
             f"{target} holds gene expression only (embeddings=False): the viewer cannot open it alone."
         )
     elif not dataset.viewer_ready:
-        drawable = [
-            k for k, s in parts.obsm_shapes.items() if len(s) == 2 and s[0] == sel.n_cells and 1 <= s[1] <= 3
-        ]
+        drawable = drawable_keys(parts)
         hint = (
             f" obsm has {_show(drawable)} with 1-3 columns, not drawn unless named: pass embeddings={drawable[0]!r} "
             "to draw it."
