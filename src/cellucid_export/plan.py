@@ -208,13 +208,14 @@ class ExportPlan:
         p.text(repr(self))
 
 
-def _levers(plan: ExportPlan) -> str:
-    """What makes the gene files smaller before compression (gzip's saving is known only afterwards)."""
-    return (
-        "To make it smaller: export fewer genes (genes= a boolean var column such as highly_variable, a "
-        "marker list or a panel)"
-        + (", use 8-bit quantization (var_quantization=8)" if plan.var_quantization != 8 else "")
-    )
+def _smaller_gene_files(plan: ExportPlan) -> list[str]:
+    """What makes the gene files smaller before compression, among what this export does not do already."""
+    ways = [
+        "export fewer genes (genes= a boolean var column such as highly_variable, a marker list or a panel)"
+    ]
+    if plan.var_quantization != 8:
+        ways.append("use 8-bit quantization (var_quantization=8)")
+    return ways
 
 
 def _shown(plan: ExportPlan) -> str:
@@ -227,7 +228,8 @@ def check_plan(plan: ExportPlan, max_bytes: int | None) -> None:
     if max_bytes is not None and plan.payload_bytes > max_bytes:
         raise ExportTooLargeError(
             f"This export would write {format_bytes(plan.payload_bytes)} of gene files before compression, "
-            f"above max_bytes={format_bytes(max_bytes)}.\n{_shown(plan)}\n{_levers(plan)}, or pass "
+            f"above max_bytes={format_bytes(max_bytes)}.\n{_shown(plan)}\nTo make it smaller: "
+            f"{', '.join(_smaller_gene_files(plan))}, or pass "
             "max_bytes=None (or a larger value) if you really want all of it."
         )
 
@@ -280,9 +282,7 @@ class DiskNeed:
 
 def full_disk_advice(need: DiskNeed, compression: int | None) -> str:
     """What to tell a user whose disk is too small for this export: only levers not already in use."""
-    ways = ["free some space or write to another disk", "export fewer genes (genes=, e.g. highly_variable)"]
-    if need.plan.var_quantization != 8:
-        ways.append("use 8-bit quantization (var_quantization=8)")
+    ways = ["free some space or write to another disk", *_smaller_gene_files(need.plan)]
     if not compression:
         ways.append("compress the files (compression=6)")
     if need.scratch_bytes:
