@@ -25,7 +25,7 @@ from .codec import get_codec
 from .errors import CellucidExportError, InvalidParameterError
 from .plan import plural
 from .quantize import MARKER, PAYLOAD_KINDS, quantize_block
-from .resolve import AnnDataParts, _show, bits_option, name_layout_problems, safe_name
+from .resolve import AnnDataParts, _show, check_bits, name_layout_problems, safe_name
 from .writer import values_schema, write_json
 
 __all__ = [
@@ -131,8 +131,12 @@ def default_dataset_id(name: str) -> str:
     return text or "dataset"
 
 
+def _valid_id(text) -> bool:
+    return isinstance(text, str) and bool(DATASET_ID.fullmatch(text)) and not text.endswith(".")
+
+
 def _check_dataset_id(dataset_id) -> str:
-    if not isinstance(dataset_id, str) or not DATASET_ID.fullmatch(dataset_id) or dataset_id.endswith("."):
+    if not _valid_id(dataset_id):
         raise InvalidParameterError(
             f"dataset_id={dataset_id!r} cannot be used: the viewer puts it in URLs and folder names, so it must "
             "start with a letter or digit, hold only letters, digits, '.', '_' and '-', and not end in '.'. "
@@ -659,13 +663,7 @@ def resolve_dataset(
     centroid_min_points=10,
 ) -> DatasetPlan:
     """Validate and compute everything but the genes; raises before anything is written."""
-    obs_continuous_quantization = bits_option(obs_continuous_quantization)
-    if obs_continuous_quantization not in (8, 16, None) or isinstance(
-        obs_continuous_quantization, bool | float
-    ):
-        raise InvalidParameterError(
-            f"obs_continuous_quantization must be 8, 16 or None (float32), got {obs_continuous_quantization!r}."
-        )
+    obs_continuous_quantization = check_bits(obs_continuous_quantization, "obs_continuous_quantization")
     if obs_categorical_dtype not in ("auto", "uint8", "uint16"):
         raise InvalidParameterError(
             f"obs_categorical_dtype must be 'auto', 'uint8' or 'uint16', got {obs_categorical_dtype!r}."
@@ -678,7 +676,7 @@ def resolve_dataset(
     if dataset_id is None:
         # The viewer finds a dataset in the folder named like its id: a folder name that is a valid id is kept
         # as it is (case included), so the folder fits a catalog as exported.
-        folder_fits = dataset_name is None and DATASET_ID.fullmatch(name) and not name.endswith(".")
+        folder_fits = dataset_name is None and _valid_id(name)
         dataset_id = name if folder_fits else default_dataset_id(name)
     dataset_id = _check_dataset_id(dataset_id)
     if description is not None and not isinstance(description, str):

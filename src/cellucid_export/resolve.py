@@ -70,23 +70,31 @@ def _show(items: Sequence, n: int = 10) -> str:
 # --------------------------------------------------------------------------------------- options
 
 
-def bits_option(value):
-    """``value`` as a plain int when it is a whole number of a numpy or Python integer type, else as it is.
+def _as_int(value):
+    """``value`` as a plain int when it is a numpy integer, else as it is.
 
-    numpy integers (``np.int64(8)``, from a loop over an array) are accepted like ints, and written to the
-    manifests as ints; a float such as ``8.0`` stays a float, which the checks refuse.
+    numpy integers (``np.int64(8)``, from a loop over an array) then reach the manifests as ints; a float such
+    as ``8.0`` stays a float, which the checks refuse.
     """
     return int(value) if isinstance(value, np.integer) else value
 
 
+def check_bits(value, name: str, why: str = "") -> int | None:
+    """Validate a bit depth (``8``, ``16`` or ``None`` for float32) and return it as a plain int."""
+    value = _as_int(value)
+    if value not in (8, 16, None) or isinstance(value, bool | float):
+        raise InvalidParameterError(f"{name} must be 8, 16 or None (float32), got {value!r}.{why}")
+    return value
+
+
 def check_options(var_quantization, compression, layout) -> tuple[int | None, int | None]:
     """Validate the format options (raises :class:`InvalidParameterError`); returns them as plain ints."""
-    var_quantization, compression = bits_option(var_quantization), bits_option(compression)
-    if var_quantization not in (8, 16, None) or isinstance(var_quantization, bool | float):
-        raise InvalidParameterError(
-            f"var_quantization must be 8, 16 or None (float32), got {var_quantization!r}. "
-            "8-bit is the smallest and what the viewer needs for colouring; 16-bit keeps more precision."
-        )
+    var_quantization = check_bits(
+        var_quantization,
+        "var_quantization",
+        " 8-bit is the smallest and what the viewer needs for colouring; 16-bit keeps more precision.",
+    )
+    compression = _as_int(compression)
     if compression is not None and (
         isinstance(compression, bool)
         or not isinstance(compression, int | np.integer)
